@@ -21,6 +21,94 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type ReadIndexRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Cluster       string                 `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReadIndexRequest) Reset() {
+	*x = ReadIndexRequest{}
+	mi := &file_corral_v1_api_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReadIndexRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReadIndexRequest) ProtoMessage() {}
+
+func (x *ReadIndexRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_corral_v1_api_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReadIndexRequest.ProtoReflect.Descriptor instead.
+func (*ReadIndexRequest) Descriptor() ([]byte, []int) {
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *ReadIndexRequest) GetCluster() string {
+	if x != nil {
+		return x.Cluster
+	}
+	return ""
+}
+
+type ReadIndexResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Index         uint64                 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReadIndexResponse) Reset() {
+	*x = ReadIndexResponse{}
+	mi := &file_corral_v1_api_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReadIndexResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReadIndexResponse) ProtoMessage() {}
+
+func (x *ReadIndexResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_corral_v1_api_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReadIndexResponse.ProtoReflect.Descriptor instead.
+func (*ReadIndexResponse) Descriptor() ([]byte, []int) {
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *ReadIndexResponse) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
 type InitClusterRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Cluster       string                 `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
@@ -32,7 +120,7 @@ type InitClusterRequest struct {
 
 func (x *InitClusterRequest) Reset() {
 	*x = InitClusterRequest{}
-	mi := &file_corral_v1_api_proto_msgTypes[0]
+	mi := &file_corral_v1_api_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -44,7 +132,7 @@ func (x *InitClusterRequest) String() string {
 func (*InitClusterRequest) ProtoMessage() {}
 
 func (x *InitClusterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[0]
+	mi := &file_corral_v1_api_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -57,7 +145,7 @@ func (x *InitClusterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InitClusterRequest.ProtoReflect.Descriptor instead.
 func (*InitClusterRequest) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{0}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *InitClusterRequest) GetCluster() string {
@@ -90,7 +178,7 @@ type InitClusterResponse struct {
 
 func (x *InitClusterResponse) Reset() {
 	*x = InitClusterResponse{}
-	mi := &file_corral_v1_api_proto_msgTypes[1]
+	mi := &file_corral_v1_api_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -102,7 +190,7 @@ func (x *InitClusterResponse) String() string {
 func (*InitClusterResponse) ProtoMessage() {}
 
 func (x *InitClusterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[1]
+	mi := &file_corral_v1_api_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -115,7 +203,7 @@ func (x *InitClusterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InitClusterResponse.ProtoReflect.Descriptor instead.
 func (*InitClusterResponse) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{1}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *InitClusterResponse) GetStatus() *ClusterStatusResponse {
@@ -138,7 +226,7 @@ type JoinClusterRequest struct {
 
 func (x *JoinClusterRequest) Reset() {
 	*x = JoinClusterRequest{}
-	mi := &file_corral_v1_api_proto_msgTypes[2]
+	mi := &file_corral_v1_api_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -150,7 +238,7 @@ func (x *JoinClusterRequest) String() string {
 func (*JoinClusterRequest) ProtoMessage() {}
 
 func (x *JoinClusterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[2]
+	mi := &file_corral_v1_api_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -163,7 +251,7 @@ func (x *JoinClusterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinClusterRequest.ProtoReflect.Descriptor instead.
 func (*JoinClusterRequest) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{2}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *JoinClusterRequest) GetCluster() string {
@@ -210,7 +298,7 @@ type JoinClusterResponse struct {
 
 func (x *JoinClusterResponse) Reset() {
 	*x = JoinClusterResponse{}
-	mi := &file_corral_v1_api_proto_msgTypes[3]
+	mi := &file_corral_v1_api_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -222,7 +310,7 @@ func (x *JoinClusterResponse) String() string {
 func (*JoinClusterResponse) ProtoMessage() {}
 
 func (x *JoinClusterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[3]
+	mi := &file_corral_v1_api_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -235,7 +323,7 @@ func (x *JoinClusterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinClusterResponse.ProtoReflect.Descriptor instead.
 func (*JoinClusterResponse) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{3}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *JoinClusterResponse) GetStatus() *ClusterStatusResponse {
@@ -260,7 +348,7 @@ type AdmitRequest struct {
 
 func (x *AdmitRequest) Reset() {
 	*x = AdmitRequest{}
-	mi := &file_corral_v1_api_proto_msgTypes[4]
+	mi := &file_corral_v1_api_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -272,7 +360,7 @@ func (x *AdmitRequest) String() string {
 func (*AdmitRequest) ProtoMessage() {}
 
 func (x *AdmitRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[4]
+	mi := &file_corral_v1_api_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -285,7 +373,7 @@ func (x *AdmitRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AdmitRequest.ProtoReflect.Descriptor instead.
 func (*AdmitRequest) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{4}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *AdmitRequest) GetCluster() string {
@@ -349,7 +437,7 @@ type AdmitResponse struct {
 
 func (x *AdmitResponse) Reset() {
 	*x = AdmitResponse{}
-	mi := &file_corral_v1_api_proto_msgTypes[5]
+	mi := &file_corral_v1_api_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -361,7 +449,7 @@ func (x *AdmitResponse) String() string {
 func (*AdmitResponse) ProtoMessage() {}
 
 func (x *AdmitResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[5]
+	mi := &file_corral_v1_api_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -374,7 +462,7 @@ func (x *AdmitResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AdmitResponse.ProtoReflect.Descriptor instead.
 func (*AdmitResponse) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{5}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *AdmitResponse) GetCertPem() []byte {
@@ -416,7 +504,7 @@ type CreateJoinTokenRequest struct {
 
 func (x *CreateJoinTokenRequest) Reset() {
 	*x = CreateJoinTokenRequest{}
-	mi := &file_corral_v1_api_proto_msgTypes[6]
+	mi := &file_corral_v1_api_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -428,7 +516,7 @@ func (x *CreateJoinTokenRequest) String() string {
 func (*CreateJoinTokenRequest) ProtoMessage() {}
 
 func (x *CreateJoinTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[6]
+	mi := &file_corral_v1_api_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -441,7 +529,7 @@ func (x *CreateJoinTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJoinTokenRequest.ProtoReflect.Descriptor instead.
 func (*CreateJoinTokenRequest) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{6}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *CreateJoinTokenRequest) GetCluster() string {
@@ -475,7 +563,7 @@ type CreateJoinTokenResponse struct {
 
 func (x *CreateJoinTokenResponse) Reset() {
 	*x = CreateJoinTokenResponse{}
-	mi := &file_corral_v1_api_proto_msgTypes[7]
+	mi := &file_corral_v1_api_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -487,7 +575,7 @@ func (x *CreateJoinTokenResponse) String() string {
 func (*CreateJoinTokenResponse) ProtoMessage() {}
 
 func (x *CreateJoinTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[7]
+	mi := &file_corral_v1_api_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -500,7 +588,7 @@ func (x *CreateJoinTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJoinTokenResponse.ProtoReflect.Descriptor instead.
 func (*CreateJoinTokenResponse) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{7}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *CreateJoinTokenResponse) GetToken() string {
@@ -527,7 +615,7 @@ type RemoveNodeRequest struct {
 
 func (x *RemoveNodeRequest) Reset() {
 	*x = RemoveNodeRequest{}
-	mi := &file_corral_v1_api_proto_msgTypes[8]
+	mi := &file_corral_v1_api_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -539,7 +627,7 @@ func (x *RemoveNodeRequest) String() string {
 func (*RemoveNodeRequest) ProtoMessage() {}
 
 func (x *RemoveNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[8]
+	mi := &file_corral_v1_api_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -552,7 +640,7 @@ func (x *RemoveNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveNodeRequest.ProtoReflect.Descriptor instead.
 func (*RemoveNodeRequest) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{8}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *RemoveNodeRequest) GetCluster() string {
@@ -577,7 +665,7 @@ type RemoveNodeResponse struct {
 
 func (x *RemoveNodeResponse) Reset() {
 	*x = RemoveNodeResponse{}
-	mi := &file_corral_v1_api_proto_msgTypes[9]
+	mi := &file_corral_v1_api_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -589,7 +677,7 @@ func (x *RemoveNodeResponse) String() string {
 func (*RemoveNodeResponse) ProtoMessage() {}
 
 func (x *RemoveNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[9]
+	mi := &file_corral_v1_api_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -602,7 +690,7 @@ func (x *RemoveNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveNodeResponse.ProtoReflect.Descriptor instead.
 func (*RemoveNodeResponse) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{9}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{11}
 }
 
 type ClusterStatusRequest struct {
@@ -614,7 +702,7 @@ type ClusterStatusRequest struct {
 
 func (x *ClusterStatusRequest) Reset() {
 	*x = ClusterStatusRequest{}
-	mi := &file_corral_v1_api_proto_msgTypes[10]
+	mi := &file_corral_v1_api_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -626,7 +714,7 @@ func (x *ClusterStatusRequest) String() string {
 func (*ClusterStatusRequest) ProtoMessage() {}
 
 func (x *ClusterStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[10]
+	mi := &file_corral_v1_api_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -639,7 +727,7 @@ func (x *ClusterStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterStatusRequest.ProtoReflect.Descriptor instead.
 func (*ClusterStatusRequest) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{10}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ClusterStatusRequest) GetCluster() string {
@@ -668,7 +756,7 @@ type Member struct {
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_corral_v1_api_proto_msgTypes[11]
+	mi := &file_corral_v1_api_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -680,7 +768,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[11]
+	mi := &file_corral_v1_api_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -693,7 +781,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{11}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Member) GetName() string {
@@ -783,7 +871,7 @@ type ClusterStatusResponse struct {
 
 func (x *ClusterStatusResponse) Reset() {
 	*x = ClusterStatusResponse{}
-	mi := &file_corral_v1_api_proto_msgTypes[12]
+	mi := &file_corral_v1_api_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -795,7 +883,7 @@ func (x *ClusterStatusResponse) String() string {
 func (*ClusterStatusResponse) ProtoMessage() {}
 
 func (x *ClusterStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[12]
+	mi := &file_corral_v1_api_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -808,7 +896,7 @@ func (x *ClusterStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterStatusResponse.ProtoReflect.Descriptor instead.
 func (*ClusterStatusResponse) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{12}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ClusterStatusResponse) GetCluster() string {
@@ -886,7 +974,7 @@ type IssueAdminCertRequest struct {
 
 func (x *IssueAdminCertRequest) Reset() {
 	*x = IssueAdminCertRequest{}
-	mi := &file_corral_v1_api_proto_msgTypes[13]
+	mi := &file_corral_v1_api_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -898,7 +986,7 @@ func (x *IssueAdminCertRequest) String() string {
 func (*IssueAdminCertRequest) ProtoMessage() {}
 
 func (x *IssueAdminCertRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[13]
+	mi := &file_corral_v1_api_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -911,7 +999,7 @@ func (x *IssueAdminCertRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssueAdminCertRequest.ProtoReflect.Descriptor instead.
 func (*IssueAdminCertRequest) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{13}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *IssueAdminCertRequest) GetCluster() string {
@@ -953,7 +1041,7 @@ type IssueAdminCertResponse struct {
 
 func (x *IssueAdminCertResponse) Reset() {
 	*x = IssueAdminCertResponse{}
-	mi := &file_corral_v1_api_proto_msgTypes[14]
+	mi := &file_corral_v1_api_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -965,7 +1053,7 @@ func (x *IssueAdminCertResponse) String() string {
 func (*IssueAdminCertResponse) ProtoMessage() {}
 
 func (x *IssueAdminCertResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[14]
+	mi := &file_corral_v1_api_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -978,7 +1066,7 @@ func (x *IssueAdminCertResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssueAdminCertResponse.ProtoReflect.Descriptor instead.
 func (*IssueAdminCertResponse) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{14}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *IssueAdminCertResponse) GetCertPem() []byte {
@@ -1010,7 +1098,7 @@ type ListClustersRequest struct {
 
 func (x *ListClustersRequest) Reset() {
 	*x = ListClustersRequest{}
-	mi := &file_corral_v1_api_proto_msgTypes[15]
+	mi := &file_corral_v1_api_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1022,7 +1110,7 @@ func (x *ListClustersRequest) String() string {
 func (*ListClustersRequest) ProtoMessage() {}
 
 func (x *ListClustersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[15]
+	mi := &file_corral_v1_api_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1035,7 +1123,7 @@ func (x *ListClustersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListClustersRequest.ProtoReflect.Descriptor instead.
 func (*ListClustersRequest) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{15}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{17}
 }
 
 type ListClustersResponse struct {
@@ -1047,7 +1135,7 @@ type ListClustersResponse struct {
 
 func (x *ListClustersResponse) Reset() {
 	*x = ListClustersResponse{}
-	mi := &file_corral_v1_api_proto_msgTypes[16]
+	mi := &file_corral_v1_api_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1059,7 +1147,7 @@ func (x *ListClustersResponse) String() string {
 func (*ListClustersResponse) ProtoMessage() {}
 
 func (x *ListClustersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[16]
+	mi := &file_corral_v1_api_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1072,7 +1160,7 @@ func (x *ListClustersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListClustersResponse.ProtoReflect.Descriptor instead.
 func (*ListClustersResponse) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{16}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ListClustersResponse) GetClusters() []string {
@@ -1092,7 +1180,7 @@ type UpdateSettingsRequest struct {
 
 func (x *UpdateSettingsRequest) Reset() {
 	*x = UpdateSettingsRequest{}
-	mi := &file_corral_v1_api_proto_msgTypes[17]
+	mi := &file_corral_v1_api_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1104,7 +1192,7 @@ func (x *UpdateSettingsRequest) String() string {
 func (*UpdateSettingsRequest) ProtoMessage() {}
 
 func (x *UpdateSettingsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[17]
+	mi := &file_corral_v1_api_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1117,7 +1205,7 @@ func (x *UpdateSettingsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateSettingsRequest.ProtoReflect.Descriptor instead.
 func (*UpdateSettingsRequest) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{17}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *UpdateSettingsRequest) GetCluster() string {
@@ -1143,7 +1231,7 @@ type UpdateSettingsResponse struct {
 
 func (x *UpdateSettingsResponse) Reset() {
 	*x = UpdateSettingsResponse{}
-	mi := &file_corral_v1_api_proto_msgTypes[18]
+	mi := &file_corral_v1_api_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1155,7 +1243,7 @@ func (x *UpdateSettingsResponse) String() string {
 func (*UpdateSettingsResponse) ProtoMessage() {}
 
 func (x *UpdateSettingsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[18]
+	mi := &file_corral_v1_api_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1168,7 +1256,7 @@ func (x *UpdateSettingsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateSettingsResponse.ProtoReflect.Descriptor instead.
 func (*UpdateSettingsResponse) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{18}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *UpdateSettingsResponse) GetSettings() *Settings {
@@ -1188,7 +1276,7 @@ type ProposeRequest struct {
 
 func (x *ProposeRequest) Reset() {
 	*x = ProposeRequest{}
-	mi := &file_corral_v1_api_proto_msgTypes[19]
+	mi := &file_corral_v1_api_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1200,7 +1288,7 @@ func (x *ProposeRequest) String() string {
 func (*ProposeRequest) ProtoMessage() {}
 
 func (x *ProposeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[19]
+	mi := &file_corral_v1_api_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1213,7 +1301,7 @@ func (x *ProposeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProposeRequest.ProtoReflect.Descriptor instead.
 func (*ProposeRequest) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{19}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ProposeRequest) GetCluster() string {
@@ -1239,7 +1327,7 @@ type ProposeResponse struct {
 
 func (x *ProposeResponse) Reset() {
 	*x = ProposeResponse{}
-	mi := &file_corral_v1_api_proto_msgTypes[20]
+	mi := &file_corral_v1_api_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1251,7 +1339,7 @@ func (x *ProposeResponse) String() string {
 func (*ProposeResponse) ProtoMessage() {}
 
 func (x *ProposeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[20]
+	mi := &file_corral_v1_api_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1264,7 +1352,7 @@ func (x *ProposeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProposeResponse.ProtoReflect.Descriptor instead.
 func (*ProposeResponse) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{20}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ProposeResponse) GetIndex() uint64 {
@@ -1285,7 +1373,7 @@ type HeartbeatRequest struct {
 
 func (x *HeartbeatRequest) Reset() {
 	*x = HeartbeatRequest{}
-	mi := &file_corral_v1_api_proto_msgTypes[21]
+	mi := &file_corral_v1_api_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1297,7 +1385,7 @@ func (x *HeartbeatRequest) String() string {
 func (*HeartbeatRequest) ProtoMessage() {}
 
 func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[21]
+	mi := &file_corral_v1_api_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1310,7 +1398,7 @@ func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatRequest.ProtoReflect.Descriptor instead.
 func (*HeartbeatRequest) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{21}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *HeartbeatRequest) GetCluster() string {
@@ -1344,7 +1432,7 @@ type HeartbeatResponse struct {
 
 func (x *HeartbeatResponse) Reset() {
 	*x = HeartbeatResponse{}
-	mi := &file_corral_v1_api_proto_msgTypes[22]
+	mi := &file_corral_v1_api_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1356,7 +1444,7 @@ func (x *HeartbeatResponse) String() string {
 func (*HeartbeatResponse) ProtoMessage() {}
 
 func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[22]
+	mi := &file_corral_v1_api_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1369,7 +1457,7 @@ func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatResponse.ProtoReflect.Descriptor instead.
 func (*HeartbeatResponse) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{22}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *HeartbeatResponse) GetFenced() bool {
@@ -1396,7 +1484,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_corral_v1_api_proto_msgTypes[23]
+	mi := &file_corral_v1_api_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1408,7 +1496,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[23]
+	mi := &file_corral_v1_api_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1421,7 +1509,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{23}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ListNodesRequest) GetCluster() string {
@@ -1447,7 +1535,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_corral_v1_api_proto_msgTypes[24]
+	mi := &file_corral_v1_api_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1459,7 +1547,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[24]
+	mi := &file_corral_v1_api_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1472,7 +1560,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{24}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ListNodesResponse) GetNodes() []*Node {
@@ -1493,7 +1581,7 @@ type GetNodeRequest struct {
 
 func (x *GetNodeRequest) Reset() {
 	*x = GetNodeRequest{}
-	mi := &file_corral_v1_api_proto_msgTypes[25]
+	mi := &file_corral_v1_api_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1505,7 +1593,7 @@ func (x *GetNodeRequest) String() string {
 func (*GetNodeRequest) ProtoMessage() {}
 
 func (x *GetNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[25]
+	mi := &file_corral_v1_api_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1518,7 +1606,7 @@ func (x *GetNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNodeRequest.ProtoReflect.Descriptor instead.
 func (*GetNodeRequest) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{25}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *GetNodeRequest) GetCluster() string {
@@ -1552,7 +1640,7 @@ type GetNodeResponse struct {
 
 func (x *GetNodeResponse) Reset() {
 	*x = GetNodeResponse{}
-	mi := &file_corral_v1_api_proto_msgTypes[26]
+	mi := &file_corral_v1_api_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1564,7 +1652,7 @@ func (x *GetNodeResponse) String() string {
 func (*GetNodeResponse) ProtoMessage() {}
 
 func (x *GetNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[26]
+	mi := &file_corral_v1_api_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1577,7 +1665,7 @@ func (x *GetNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNodeResponse.ProtoReflect.Descriptor instead.
 func (*GetNodeResponse) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{26}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *GetNodeResponse) GetNode() *Node {
@@ -1605,7 +1693,7 @@ type DrainNodeRequest struct {
 
 func (x *DrainNodeRequest) Reset() {
 	*x = DrainNodeRequest{}
-	mi := &file_corral_v1_api_proto_msgTypes[27]
+	mi := &file_corral_v1_api_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1617,7 +1705,7 @@ func (x *DrainNodeRequest) String() string {
 func (*DrainNodeRequest) ProtoMessage() {}
 
 func (x *DrainNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[27]
+	mi := &file_corral_v1_api_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1630,7 +1718,7 @@ func (x *DrainNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainNodeRequest.ProtoReflect.Descriptor instead.
 func (*DrainNodeRequest) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{27}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *DrainNodeRequest) GetCluster() string {
@@ -1663,7 +1751,7 @@ type DrainNodeResponse struct {
 
 func (x *DrainNodeResponse) Reset() {
 	*x = DrainNodeResponse{}
-	mi := &file_corral_v1_api_proto_msgTypes[28]
+	mi := &file_corral_v1_api_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1675,7 +1763,7 @@ func (x *DrainNodeResponse) String() string {
 func (*DrainNodeResponse) ProtoMessage() {}
 
 func (x *DrainNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[28]
+	mi := &file_corral_v1_api_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1688,7 +1776,7 @@ func (x *DrainNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainNodeResponse.ProtoReflect.Descriptor instead.
 func (*DrainNodeResponse) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{28}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *DrainNodeResponse) GetTask() *Task {
@@ -1708,7 +1796,7 @@ type ResumeNodeRequest struct {
 
 func (x *ResumeNodeRequest) Reset() {
 	*x = ResumeNodeRequest{}
-	mi := &file_corral_v1_api_proto_msgTypes[29]
+	mi := &file_corral_v1_api_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1720,7 +1808,7 @@ func (x *ResumeNodeRequest) String() string {
 func (*ResumeNodeRequest) ProtoMessage() {}
 
 func (x *ResumeNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[29]
+	mi := &file_corral_v1_api_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1733,7 +1821,7 @@ func (x *ResumeNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeNodeRequest.ProtoReflect.Descriptor instead.
 func (*ResumeNodeRequest) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{29}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ResumeNodeRequest) GetCluster() string {
@@ -1759,7 +1847,7 @@ type ResumeNodeResponse struct {
 
 func (x *ResumeNodeResponse) Reset() {
 	*x = ResumeNodeResponse{}
-	mi := &file_corral_v1_api_proto_msgTypes[30]
+	mi := &file_corral_v1_api_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1771,7 +1859,7 @@ func (x *ResumeNodeResponse) String() string {
 func (*ResumeNodeResponse) ProtoMessage() {}
 
 func (x *ResumeNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[30]
+	mi := &file_corral_v1_api_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1784,7 +1872,7 @@ func (x *ResumeNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeNodeResponse.ProtoReflect.Descriptor instead.
 func (*ResumeNodeResponse) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{30}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ResumeNodeResponse) GetNode() *Node {
@@ -1810,7 +1898,7 @@ type CreateVMRequest struct {
 
 func (x *CreateVMRequest) Reset() {
 	*x = CreateVMRequest{}
-	mi := &file_corral_v1_api_proto_msgTypes[31]
+	mi := &file_corral_v1_api_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1822,7 +1910,7 @@ func (x *CreateVMRequest) String() string {
 func (*CreateVMRequest) ProtoMessage() {}
 
 func (x *CreateVMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[31]
+	mi := &file_corral_v1_api_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1835,7 +1923,7 @@ func (x *CreateVMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateVMRequest.ProtoReflect.Descriptor instead.
 func (*CreateVMRequest) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{31}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *CreateVMRequest) GetCluster() string {
@@ -1906,7 +1994,7 @@ type Placement struct {
 
 func (x *Placement) Reset() {
 	*x = Placement{}
-	mi := &file_corral_v1_api_proto_msgTypes[32]
+	mi := &file_corral_v1_api_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1918,7 +2006,7 @@ func (x *Placement) String() string {
 func (*Placement) ProtoMessage() {}
 
 func (x *Placement) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[32]
+	mi := &file_corral_v1_api_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1931,7 +2019,7 @@ func (x *Placement) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Placement.ProtoReflect.Descriptor instead.
 func (*Placement) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{32}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *Placement) GetNode() string {
@@ -1965,7 +2053,7 @@ type CreateVMResponse struct {
 
 func (x *CreateVMResponse) Reset() {
 	*x = CreateVMResponse{}
-	mi := &file_corral_v1_api_proto_msgTypes[33]
+	mi := &file_corral_v1_api_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1977,7 +2065,7 @@ func (x *CreateVMResponse) String() string {
 func (*CreateVMResponse) ProtoMessage() {}
 
 func (x *CreateVMResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[33]
+	mi := &file_corral_v1_api_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1990,7 +2078,7 @@ func (x *CreateVMResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateVMResponse.ProtoReflect.Descriptor instead.
 func (*CreateVMResponse) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{33}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *CreateVMResponse) GetVm() *VM {
@@ -2018,7 +2106,7 @@ type ListVMsRequest struct {
 
 func (x *ListVMsRequest) Reset() {
 	*x = ListVMsRequest{}
-	mi := &file_corral_v1_api_proto_msgTypes[34]
+	mi := &file_corral_v1_api_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2030,7 +2118,7 @@ func (x *ListVMsRequest) String() string {
 func (*ListVMsRequest) ProtoMessage() {}
 
 func (x *ListVMsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[34]
+	mi := &file_corral_v1_api_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2043,7 +2131,7 @@ func (x *ListVMsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVMsRequest.ProtoReflect.Descriptor instead.
 func (*ListVMsRequest) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{34}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ListVMsRequest) GetCluster() string {
@@ -2076,7 +2164,7 @@ type ListVMsResponse struct {
 
 func (x *ListVMsResponse) Reset() {
 	*x = ListVMsResponse{}
-	mi := &file_corral_v1_api_proto_msgTypes[35]
+	mi := &file_corral_v1_api_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2088,7 +2176,7 @@ func (x *ListVMsResponse) String() string {
 func (*ListVMsResponse) ProtoMessage() {}
 
 func (x *ListVMsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[35]
+	mi := &file_corral_v1_api_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2101,7 +2189,7 @@ func (x *ListVMsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVMsResponse.ProtoReflect.Descriptor instead.
 func (*ListVMsResponse) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{35}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ListVMsResponse) GetVms() []*VM {
@@ -2122,7 +2210,7 @@ type GetVMRequest struct {
 
 func (x *GetVMRequest) Reset() {
 	*x = GetVMRequest{}
-	mi := &file_corral_v1_api_proto_msgTypes[36]
+	mi := &file_corral_v1_api_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2134,7 +2222,7 @@ func (x *GetVMRequest) String() string {
 func (*GetVMRequest) ProtoMessage() {}
 
 func (x *GetVMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[36]
+	mi := &file_corral_v1_api_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2147,7 +2235,7 @@ func (x *GetVMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetVMRequest.ProtoReflect.Descriptor instead.
 func (*GetVMRequest) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{36}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *GetVMRequest) GetCluster() string {
@@ -2180,7 +2268,7 @@ type GetVMResponse struct {
 
 func (x *GetVMResponse) Reset() {
 	*x = GetVMResponse{}
-	mi := &file_corral_v1_api_proto_msgTypes[37]
+	mi := &file_corral_v1_api_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2192,7 +2280,7 @@ func (x *GetVMResponse) String() string {
 func (*GetVMResponse) ProtoMessage() {}
 
 func (x *GetVMResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[37]
+	mi := &file_corral_v1_api_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2205,7 +2293,7 @@ func (x *GetVMResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetVMResponse.ProtoReflect.Descriptor instead.
 func (*GetVMResponse) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{37}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *GetVMResponse) GetVm() *VM {
@@ -2227,7 +2315,7 @@ type UpdateVMRequest struct {
 
 func (x *UpdateVMRequest) Reset() {
 	*x = UpdateVMRequest{}
-	mi := &file_corral_v1_api_proto_msgTypes[38]
+	mi := &file_corral_v1_api_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2239,7 +2327,7 @@ func (x *UpdateVMRequest) String() string {
 func (*UpdateVMRequest) ProtoMessage() {}
 
 func (x *UpdateVMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[38]
+	mi := &file_corral_v1_api_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2252,7 +2340,7 @@ func (x *UpdateVMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateVMRequest.ProtoReflect.Descriptor instead.
 func (*UpdateVMRequest) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{38}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *UpdateVMRequest) GetCluster() string {
@@ -2292,7 +2380,7 @@ type UpdateVMResponse struct {
 
 func (x *UpdateVMResponse) Reset() {
 	*x = UpdateVMResponse{}
-	mi := &file_corral_v1_api_proto_msgTypes[39]
+	mi := &file_corral_v1_api_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2304,7 +2392,7 @@ func (x *UpdateVMResponse) String() string {
 func (*UpdateVMResponse) ProtoMessage() {}
 
 func (x *UpdateVMResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[39]
+	mi := &file_corral_v1_api_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2317,7 +2405,7 @@ func (x *UpdateVMResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateVMResponse.ProtoReflect.Descriptor instead.
 func (*UpdateVMResponse) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{39}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *UpdateVMResponse) GetVm() *VM {
@@ -2337,7 +2425,7 @@ type StartVMRequest struct {
 
 func (x *StartVMRequest) Reset() {
 	*x = StartVMRequest{}
-	mi := &file_corral_v1_api_proto_msgTypes[40]
+	mi := &file_corral_v1_api_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2349,7 +2437,7 @@ func (x *StartVMRequest) String() string {
 func (*StartVMRequest) ProtoMessage() {}
 
 func (x *StartVMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[40]
+	mi := &file_corral_v1_api_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2362,7 +2450,7 @@ func (x *StartVMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartVMRequest.ProtoReflect.Descriptor instead.
 func (*StartVMRequest) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{40}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *StartVMRequest) GetCluster() string {
@@ -2388,7 +2476,7 @@ type StartVMResponse struct {
 
 func (x *StartVMResponse) Reset() {
 	*x = StartVMResponse{}
-	mi := &file_corral_v1_api_proto_msgTypes[41]
+	mi := &file_corral_v1_api_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2400,7 +2488,7 @@ func (x *StartVMResponse) String() string {
 func (*StartVMResponse) ProtoMessage() {}
 
 func (x *StartVMResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[41]
+	mi := &file_corral_v1_api_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2413,7 +2501,7 @@ func (x *StartVMResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartVMResponse.ProtoReflect.Descriptor instead.
 func (*StartVMResponse) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{41}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *StartVMResponse) GetVm() *VM {
@@ -2434,7 +2522,7 @@ type StopVMRequest struct {
 
 func (x *StopVMRequest) Reset() {
 	*x = StopVMRequest{}
-	mi := &file_corral_v1_api_proto_msgTypes[42]
+	mi := &file_corral_v1_api_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2446,7 +2534,7 @@ func (x *StopVMRequest) String() string {
 func (*StopVMRequest) ProtoMessage() {}
 
 func (x *StopVMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[42]
+	mi := &file_corral_v1_api_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2459,7 +2547,7 @@ func (x *StopVMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopVMRequest.ProtoReflect.Descriptor instead.
 func (*StopVMRequest) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{42}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *StopVMRequest) GetCluster() string {
@@ -2492,7 +2580,7 @@ type StopVMResponse struct {
 
 func (x *StopVMResponse) Reset() {
 	*x = StopVMResponse{}
-	mi := &file_corral_v1_api_proto_msgTypes[43]
+	mi := &file_corral_v1_api_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2504,7 +2592,7 @@ func (x *StopVMResponse) String() string {
 func (*StopVMResponse) ProtoMessage() {}
 
 func (x *StopVMResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[43]
+	mi := &file_corral_v1_api_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2517,7 +2605,7 @@ func (x *StopVMResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopVMResponse.ProtoReflect.Descriptor instead.
 func (*StopVMResponse) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{43}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *StopVMResponse) GetVm() *VM {
@@ -2537,7 +2625,7 @@ type RebootVMRequest struct {
 
 func (x *RebootVMRequest) Reset() {
 	*x = RebootVMRequest{}
-	mi := &file_corral_v1_api_proto_msgTypes[44]
+	mi := &file_corral_v1_api_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2549,7 +2637,7 @@ func (x *RebootVMRequest) String() string {
 func (*RebootVMRequest) ProtoMessage() {}
 
 func (x *RebootVMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[44]
+	mi := &file_corral_v1_api_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2562,7 +2650,7 @@ func (x *RebootVMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RebootVMRequest.ProtoReflect.Descriptor instead.
 func (*RebootVMRequest) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{44}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *RebootVMRequest) GetCluster() string {
@@ -2588,7 +2676,7 @@ type RebootVMResponse struct {
 
 func (x *RebootVMResponse) Reset() {
 	*x = RebootVMResponse{}
-	mi := &file_corral_v1_api_proto_msgTypes[45]
+	mi := &file_corral_v1_api_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2600,7 +2688,7 @@ func (x *RebootVMResponse) String() string {
 func (*RebootVMResponse) ProtoMessage() {}
 
 func (x *RebootVMResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[45]
+	mi := &file_corral_v1_api_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2613,7 +2701,7 @@ func (x *RebootVMResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RebootVMResponse.ProtoReflect.Descriptor instead.
 func (*RebootVMResponse) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{45}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *RebootVMResponse) GetVm() *VM {
@@ -2634,7 +2722,7 @@ type DeleteVMRequest struct {
 
 func (x *DeleteVMRequest) Reset() {
 	*x = DeleteVMRequest{}
-	mi := &file_corral_v1_api_proto_msgTypes[46]
+	mi := &file_corral_v1_api_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2646,7 +2734,7 @@ func (x *DeleteVMRequest) String() string {
 func (*DeleteVMRequest) ProtoMessage() {}
 
 func (x *DeleteVMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[46]
+	mi := &file_corral_v1_api_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2659,7 +2747,7 @@ func (x *DeleteVMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteVMRequest.ProtoReflect.Descriptor instead.
 func (*DeleteVMRequest) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{46}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *DeleteVMRequest) GetCluster() string {
@@ -2691,7 +2779,7 @@ type DeleteVMResponse struct {
 
 func (x *DeleteVMResponse) Reset() {
 	*x = DeleteVMResponse{}
-	mi := &file_corral_v1_api_proto_msgTypes[47]
+	mi := &file_corral_v1_api_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2703,7 +2791,7 @@ func (x *DeleteVMResponse) String() string {
 func (*DeleteVMResponse) ProtoMessage() {}
 
 func (x *DeleteVMResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[47]
+	mi := &file_corral_v1_api_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2716,7 +2804,7 @@ func (x *DeleteVMResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteVMResponse.ProtoReflect.Descriptor instead.
 func (*DeleteVMResponse) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{47}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{49}
 }
 
 type MigrateVMRequest struct {
@@ -2732,7 +2820,7 @@ type MigrateVMRequest struct {
 
 func (x *MigrateVMRequest) Reset() {
 	*x = MigrateVMRequest{}
-	mi := &file_corral_v1_api_proto_msgTypes[48]
+	mi := &file_corral_v1_api_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2744,7 +2832,7 @@ func (x *MigrateVMRequest) String() string {
 func (*MigrateVMRequest) ProtoMessage() {}
 
 func (x *MigrateVMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[48]
+	mi := &file_corral_v1_api_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2757,7 +2845,7 @@ func (x *MigrateVMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrateVMRequest.ProtoReflect.Descriptor instead.
 func (*MigrateVMRequest) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{48}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *MigrateVMRequest) GetCluster() string {
@@ -2804,7 +2892,7 @@ type MigrateVMResponse struct {
 
 func (x *MigrateVMResponse) Reset() {
 	*x = MigrateVMResponse{}
-	mi := &file_corral_v1_api_proto_msgTypes[49]
+	mi := &file_corral_v1_api_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2816,7 +2904,7 @@ func (x *MigrateVMResponse) String() string {
 func (*MigrateVMResponse) ProtoMessage() {}
 
 func (x *MigrateVMResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[49]
+	mi := &file_corral_v1_api_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2829,7 +2917,7 @@ func (x *MigrateVMResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrateVMResponse.ProtoReflect.Descriptor instead.
 func (*MigrateVMResponse) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{49}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *MigrateVMResponse) GetTask() *Task {
@@ -2851,7 +2939,7 @@ type ConsoleRequest struct {
 
 func (x *ConsoleRequest) Reset() {
 	*x = ConsoleRequest{}
-	mi := &file_corral_v1_api_proto_msgTypes[50]
+	mi := &file_corral_v1_api_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2863,7 +2951,7 @@ func (x *ConsoleRequest) String() string {
 func (*ConsoleRequest) ProtoMessage() {}
 
 func (x *ConsoleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[50]
+	mi := &file_corral_v1_api_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2876,7 +2964,7 @@ func (x *ConsoleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConsoleRequest.ProtoReflect.Descriptor instead.
 func (*ConsoleRequest) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{50}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *ConsoleRequest) GetCluster() string {
@@ -2916,7 +3004,7 @@ type ConsoleResponse struct {
 
 func (x *ConsoleResponse) Reset() {
 	*x = ConsoleResponse{}
-	mi := &file_corral_v1_api_proto_msgTypes[51]
+	mi := &file_corral_v1_api_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2928,7 +3016,7 @@ func (x *ConsoleResponse) String() string {
 func (*ConsoleResponse) ProtoMessage() {}
 
 func (x *ConsoleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[51]
+	mi := &file_corral_v1_api_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2941,7 +3029,7 @@ func (x *ConsoleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConsoleResponse.ProtoReflect.Descriptor instead.
 func (*ConsoleResponse) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{51}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *ConsoleResponse) GetOutput() []byte {
@@ -2961,7 +3049,7 @@ type CreateNetworkRequest struct {
 
 func (x *CreateNetworkRequest) Reset() {
 	*x = CreateNetworkRequest{}
-	mi := &file_corral_v1_api_proto_msgTypes[52]
+	mi := &file_corral_v1_api_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2973,7 +3061,7 @@ func (x *CreateNetworkRequest) String() string {
 func (*CreateNetworkRequest) ProtoMessage() {}
 
 func (x *CreateNetworkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[52]
+	mi := &file_corral_v1_api_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2986,7 +3074,7 @@ func (x *CreateNetworkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateNetworkRequest.ProtoReflect.Descriptor instead.
 func (*CreateNetworkRequest) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{52}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *CreateNetworkRequest) GetCluster() string {
@@ -3012,7 +3100,7 @@ type CreateNetworkResponse struct {
 
 func (x *CreateNetworkResponse) Reset() {
 	*x = CreateNetworkResponse{}
-	mi := &file_corral_v1_api_proto_msgTypes[53]
+	mi := &file_corral_v1_api_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3024,7 +3112,7 @@ func (x *CreateNetworkResponse) String() string {
 func (*CreateNetworkResponse) ProtoMessage() {}
 
 func (x *CreateNetworkResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[53]
+	mi := &file_corral_v1_api_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3037,7 +3125,7 @@ func (x *CreateNetworkResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateNetworkResponse.ProtoReflect.Descriptor instead.
 func (*CreateNetworkResponse) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{53}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *CreateNetworkResponse) GetNetwork() *Network {
@@ -3057,7 +3145,7 @@ type ListNetworksRequest struct {
 
 func (x *ListNetworksRequest) Reset() {
 	*x = ListNetworksRequest{}
-	mi := &file_corral_v1_api_proto_msgTypes[54]
+	mi := &file_corral_v1_api_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3069,7 +3157,7 @@ func (x *ListNetworksRequest) String() string {
 func (*ListNetworksRequest) ProtoMessage() {}
 
 func (x *ListNetworksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[54]
+	mi := &file_corral_v1_api_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3082,7 +3170,7 @@ func (x *ListNetworksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNetworksRequest.ProtoReflect.Descriptor instead.
 func (*ListNetworksRequest) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{54}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *ListNetworksRequest) GetCluster() string {
@@ -3108,7 +3196,7 @@ type ListNetworksResponse struct {
 
 func (x *ListNetworksResponse) Reset() {
 	*x = ListNetworksResponse{}
-	mi := &file_corral_v1_api_proto_msgTypes[55]
+	mi := &file_corral_v1_api_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3120,7 +3208,7 @@ func (x *ListNetworksResponse) String() string {
 func (*ListNetworksResponse) ProtoMessage() {}
 
 func (x *ListNetworksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[55]
+	mi := &file_corral_v1_api_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3133,7 +3221,7 @@ func (x *ListNetworksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNetworksResponse.ProtoReflect.Descriptor instead.
 func (*ListNetworksResponse) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{55}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *ListNetworksResponse) GetNetworks() []*Network {
@@ -3154,7 +3242,7 @@ type GetNetworkRequest struct {
 
 func (x *GetNetworkRequest) Reset() {
 	*x = GetNetworkRequest{}
-	mi := &file_corral_v1_api_proto_msgTypes[56]
+	mi := &file_corral_v1_api_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3166,7 +3254,7 @@ func (x *GetNetworkRequest) String() string {
 func (*GetNetworkRequest) ProtoMessage() {}
 
 func (x *GetNetworkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[56]
+	mi := &file_corral_v1_api_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3179,7 +3267,7 @@ func (x *GetNetworkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNetworkRequest.ProtoReflect.Descriptor instead.
 func (*GetNetworkRequest) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{56}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *GetNetworkRequest) GetCluster() string {
@@ -3212,7 +3300,7 @@ type GetNetworkResponse struct {
 
 func (x *GetNetworkResponse) Reset() {
 	*x = GetNetworkResponse{}
-	mi := &file_corral_v1_api_proto_msgTypes[57]
+	mi := &file_corral_v1_api_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3224,7 +3312,7 @@ func (x *GetNetworkResponse) String() string {
 func (*GetNetworkResponse) ProtoMessage() {}
 
 func (x *GetNetworkResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[57]
+	mi := &file_corral_v1_api_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3237,7 +3325,7 @@ func (x *GetNetworkResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNetworkResponse.ProtoReflect.Descriptor instead.
 func (*GetNetworkResponse) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{57}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *GetNetworkResponse) GetNetwork() *Network {
@@ -3257,7 +3345,7 @@ type DeleteNetworkRequest struct {
 
 func (x *DeleteNetworkRequest) Reset() {
 	*x = DeleteNetworkRequest{}
-	mi := &file_corral_v1_api_proto_msgTypes[58]
+	mi := &file_corral_v1_api_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3269,7 +3357,7 @@ func (x *DeleteNetworkRequest) String() string {
 func (*DeleteNetworkRequest) ProtoMessage() {}
 
 func (x *DeleteNetworkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[58]
+	mi := &file_corral_v1_api_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3282,7 +3370,7 @@ func (x *DeleteNetworkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteNetworkRequest.ProtoReflect.Descriptor instead.
 func (*DeleteNetworkRequest) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{58}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *DeleteNetworkRequest) GetCluster() string {
@@ -3307,7 +3395,7 @@ type DeleteNetworkResponse struct {
 
 func (x *DeleteNetworkResponse) Reset() {
 	*x = DeleteNetworkResponse{}
-	mi := &file_corral_v1_api_proto_msgTypes[59]
+	mi := &file_corral_v1_api_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3319,7 +3407,7 @@ func (x *DeleteNetworkResponse) String() string {
 func (*DeleteNetworkResponse) ProtoMessage() {}
 
 func (x *DeleteNetworkResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[59]
+	mi := &file_corral_v1_api_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3332,7 +3420,7 @@ func (x *DeleteNetworkResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteNetworkResponse.ProtoReflect.Descriptor instead.
 func (*DeleteNetworkResponse) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{59}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{61}
 }
 
 type AddPoolRequest struct {
@@ -3346,7 +3434,7 @@ type AddPoolRequest struct {
 
 func (x *AddPoolRequest) Reset() {
 	*x = AddPoolRequest{}
-	mi := &file_corral_v1_api_proto_msgTypes[60]
+	mi := &file_corral_v1_api_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3358,7 +3446,7 @@ func (x *AddPoolRequest) String() string {
 func (*AddPoolRequest) ProtoMessage() {}
 
 func (x *AddPoolRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[60]
+	mi := &file_corral_v1_api_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3371,7 +3459,7 @@ func (x *AddPoolRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddPoolRequest.ProtoReflect.Descriptor instead.
 func (*AddPoolRequest) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{60}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *AddPoolRequest) GetCluster() string {
@@ -3404,7 +3492,7 @@ type AddPoolResponse struct {
 
 func (x *AddPoolResponse) Reset() {
 	*x = AddPoolResponse{}
-	mi := &file_corral_v1_api_proto_msgTypes[61]
+	mi := &file_corral_v1_api_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3416,7 +3504,7 @@ func (x *AddPoolResponse) String() string {
 func (*AddPoolResponse) ProtoMessage() {}
 
 func (x *AddPoolResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[61]
+	mi := &file_corral_v1_api_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3429,7 +3517,7 @@ func (x *AddPoolResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddPoolResponse.ProtoReflect.Descriptor instead.
 func (*AddPoolResponse) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{61}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *AddPoolResponse) GetPool() *StoragePool {
@@ -3448,7 +3536,7 @@ type ListPoolsRequest struct {
 
 func (x *ListPoolsRequest) Reset() {
 	*x = ListPoolsRequest{}
-	mi := &file_corral_v1_api_proto_msgTypes[62]
+	mi := &file_corral_v1_api_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3460,7 +3548,7 @@ func (x *ListPoolsRequest) String() string {
 func (*ListPoolsRequest) ProtoMessage() {}
 
 func (x *ListPoolsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[62]
+	mi := &file_corral_v1_api_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3473,7 +3561,7 @@ func (x *ListPoolsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoolsRequest.ProtoReflect.Descriptor instead.
 func (*ListPoolsRequest) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{62}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *ListPoolsRequest) GetCluster() string {
@@ -3492,7 +3580,7 @@ type ListPoolsResponse struct {
 
 func (x *ListPoolsResponse) Reset() {
 	*x = ListPoolsResponse{}
-	mi := &file_corral_v1_api_proto_msgTypes[63]
+	mi := &file_corral_v1_api_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3504,7 +3592,7 @@ func (x *ListPoolsResponse) String() string {
 func (*ListPoolsResponse) ProtoMessage() {}
 
 func (x *ListPoolsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[63]
+	mi := &file_corral_v1_api_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3517,7 +3605,7 @@ func (x *ListPoolsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoolsResponse.ProtoReflect.Descriptor instead.
 func (*ListPoolsResponse) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{63}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *ListPoolsResponse) GetPools() []*StoragePool {
@@ -3537,7 +3625,7 @@ type RemovePoolRequest struct {
 
 func (x *RemovePoolRequest) Reset() {
 	*x = RemovePoolRequest{}
-	mi := &file_corral_v1_api_proto_msgTypes[64]
+	mi := &file_corral_v1_api_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3549,7 +3637,7 @@ func (x *RemovePoolRequest) String() string {
 func (*RemovePoolRequest) ProtoMessage() {}
 
 func (x *RemovePoolRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[64]
+	mi := &file_corral_v1_api_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3562,7 +3650,7 @@ func (x *RemovePoolRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemovePoolRequest.ProtoReflect.Descriptor instead.
 func (*RemovePoolRequest) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{64}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *RemovePoolRequest) GetCluster() string {
@@ -3587,7 +3675,7 @@ type RemovePoolResponse struct {
 
 func (x *RemovePoolResponse) Reset() {
 	*x = RemovePoolResponse{}
-	mi := &file_corral_v1_api_proto_msgTypes[65]
+	mi := &file_corral_v1_api_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3599,7 +3687,7 @@ func (x *RemovePoolResponse) String() string {
 func (*RemovePoolResponse) ProtoMessage() {}
 
 func (x *RemovePoolResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[65]
+	mi := &file_corral_v1_api_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3612,7 +3700,7 @@ func (x *RemovePoolResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemovePoolResponse.ProtoReflect.Descriptor instead.
 func (*RemovePoolResponse) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{65}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{67}
 }
 
 type CreateVolumeRequest struct {
@@ -3630,7 +3718,7 @@ type CreateVolumeRequest struct {
 
 func (x *CreateVolumeRequest) Reset() {
 	*x = CreateVolumeRequest{}
-	mi := &file_corral_v1_api_proto_msgTypes[66]
+	mi := &file_corral_v1_api_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3642,7 +3730,7 @@ func (x *CreateVolumeRequest) String() string {
 func (*CreateVolumeRequest) ProtoMessage() {}
 
 func (x *CreateVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[66]
+	mi := &file_corral_v1_api_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3655,7 +3743,7 @@ func (x *CreateVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateVolumeRequest.ProtoReflect.Descriptor instead.
 func (*CreateVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{66}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *CreateVolumeRequest) GetCluster() string {
@@ -3717,7 +3805,7 @@ type CreateVolumeResponse struct {
 
 func (x *CreateVolumeResponse) Reset() {
 	*x = CreateVolumeResponse{}
-	mi := &file_corral_v1_api_proto_msgTypes[67]
+	mi := &file_corral_v1_api_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3729,7 +3817,7 @@ func (x *CreateVolumeResponse) String() string {
 func (*CreateVolumeResponse) ProtoMessage() {}
 
 func (x *CreateVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[67]
+	mi := &file_corral_v1_api_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3742,7 +3830,7 @@ func (x *CreateVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateVolumeResponse.ProtoReflect.Descriptor instead.
 func (*CreateVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{67}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *CreateVolumeResponse) GetVolume() *Volume {
@@ -3769,7 +3857,7 @@ type ListVolumesRequest struct {
 
 func (x *ListVolumesRequest) Reset() {
 	*x = ListVolumesRequest{}
-	mi := &file_corral_v1_api_proto_msgTypes[68]
+	mi := &file_corral_v1_api_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3781,7 +3869,7 @@ func (x *ListVolumesRequest) String() string {
 func (*ListVolumesRequest) ProtoMessage() {}
 
 func (x *ListVolumesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[68]
+	mi := &file_corral_v1_api_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3794,7 +3882,7 @@ func (x *ListVolumesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVolumesRequest.ProtoReflect.Descriptor instead.
 func (*ListVolumesRequest) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{68}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *ListVolumesRequest) GetCluster() string {
@@ -3820,7 +3908,7 @@ type ListVolumesResponse struct {
 
 func (x *ListVolumesResponse) Reset() {
 	*x = ListVolumesResponse{}
-	mi := &file_corral_v1_api_proto_msgTypes[69]
+	mi := &file_corral_v1_api_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3832,7 +3920,7 @@ func (x *ListVolumesResponse) String() string {
 func (*ListVolumesResponse) ProtoMessage() {}
 
 func (x *ListVolumesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[69]
+	mi := &file_corral_v1_api_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3845,7 +3933,7 @@ func (x *ListVolumesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVolumesResponse.ProtoReflect.Descriptor instead.
 func (*ListVolumesResponse) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{69}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *ListVolumesResponse) GetVolumes() []*Volume {
@@ -3867,7 +3955,7 @@ type ResizeVolumeRequest struct {
 
 func (x *ResizeVolumeRequest) Reset() {
 	*x = ResizeVolumeRequest{}
-	mi := &file_corral_v1_api_proto_msgTypes[70]
+	mi := &file_corral_v1_api_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3879,7 +3967,7 @@ func (x *ResizeVolumeRequest) String() string {
 func (*ResizeVolumeRequest) ProtoMessage() {}
 
 func (x *ResizeVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[70]
+	mi := &file_corral_v1_api_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3892,7 +3980,7 @@ func (x *ResizeVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResizeVolumeRequest.ProtoReflect.Descriptor instead.
 func (*ResizeVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{70}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *ResizeVolumeRequest) GetCluster() string {
@@ -3932,7 +4020,7 @@ type ResizeVolumeResponse struct {
 
 func (x *ResizeVolumeResponse) Reset() {
 	*x = ResizeVolumeResponse{}
-	mi := &file_corral_v1_api_proto_msgTypes[71]
+	mi := &file_corral_v1_api_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3944,7 +4032,7 @@ func (x *ResizeVolumeResponse) String() string {
 func (*ResizeVolumeResponse) ProtoMessage() {}
 
 func (x *ResizeVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[71]
+	mi := &file_corral_v1_api_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3957,7 +4045,7 @@ func (x *ResizeVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResizeVolumeResponse.ProtoReflect.Descriptor instead.
 func (*ResizeVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{71}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{73}
 }
 
 func (x *ResizeVolumeResponse) GetTask() *Task {
@@ -3979,7 +4067,7 @@ type SnapshotVolumeRequest struct {
 
 func (x *SnapshotVolumeRequest) Reset() {
 	*x = SnapshotVolumeRequest{}
-	mi := &file_corral_v1_api_proto_msgTypes[72]
+	mi := &file_corral_v1_api_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3991,7 +4079,7 @@ func (x *SnapshotVolumeRequest) String() string {
 func (*SnapshotVolumeRequest) ProtoMessage() {}
 
 func (x *SnapshotVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[72]
+	mi := &file_corral_v1_api_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4004,7 +4092,7 @@ func (x *SnapshotVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotVolumeRequest.ProtoReflect.Descriptor instead.
 func (*SnapshotVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{72}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{74}
 }
 
 func (x *SnapshotVolumeRequest) GetCluster() string {
@@ -4044,7 +4132,7 @@ type SnapshotVolumeResponse struct {
 
 func (x *SnapshotVolumeResponse) Reset() {
 	*x = SnapshotVolumeResponse{}
-	mi := &file_corral_v1_api_proto_msgTypes[73]
+	mi := &file_corral_v1_api_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4056,7 +4144,7 @@ func (x *SnapshotVolumeResponse) String() string {
 func (*SnapshotVolumeResponse) ProtoMessage() {}
 
 func (x *SnapshotVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[73]
+	mi := &file_corral_v1_api_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4069,7 +4157,7 @@ func (x *SnapshotVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotVolumeResponse.ProtoReflect.Descriptor instead.
 func (*SnapshotVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{73}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{75}
 }
 
 func (x *SnapshotVolumeResponse) GetTask() *Task {
@@ -4091,7 +4179,7 @@ type RollbackVolumeRequest struct {
 
 func (x *RollbackVolumeRequest) Reset() {
 	*x = RollbackVolumeRequest{}
-	mi := &file_corral_v1_api_proto_msgTypes[74]
+	mi := &file_corral_v1_api_proto_msgTypes[76]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4103,7 +4191,7 @@ func (x *RollbackVolumeRequest) String() string {
 func (*RollbackVolumeRequest) ProtoMessage() {}
 
 func (x *RollbackVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[74]
+	mi := &file_corral_v1_api_proto_msgTypes[76]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4116,7 +4204,7 @@ func (x *RollbackVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RollbackVolumeRequest.ProtoReflect.Descriptor instead.
 func (*RollbackVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{74}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{76}
 }
 
 func (x *RollbackVolumeRequest) GetCluster() string {
@@ -4156,7 +4244,7 @@ type RollbackVolumeResponse struct {
 
 func (x *RollbackVolumeResponse) Reset() {
 	*x = RollbackVolumeResponse{}
-	mi := &file_corral_v1_api_proto_msgTypes[75]
+	mi := &file_corral_v1_api_proto_msgTypes[77]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4168,7 +4256,7 @@ func (x *RollbackVolumeResponse) String() string {
 func (*RollbackVolumeResponse) ProtoMessage() {}
 
 func (x *RollbackVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[75]
+	mi := &file_corral_v1_api_proto_msgTypes[77]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4181,7 +4269,7 @@ func (x *RollbackVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RollbackVolumeResponse.ProtoReflect.Descriptor instead.
 func (*RollbackVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{75}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{77}
 }
 
 func (x *RollbackVolumeResponse) GetTask() *Task {
@@ -4202,7 +4290,7 @@ type DeleteVolumeRequest struct {
 
 func (x *DeleteVolumeRequest) Reset() {
 	*x = DeleteVolumeRequest{}
-	mi := &file_corral_v1_api_proto_msgTypes[76]
+	mi := &file_corral_v1_api_proto_msgTypes[78]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4214,7 +4302,7 @@ func (x *DeleteVolumeRequest) String() string {
 func (*DeleteVolumeRequest) ProtoMessage() {}
 
 func (x *DeleteVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[76]
+	mi := &file_corral_v1_api_proto_msgTypes[78]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4227,7 +4315,7 @@ func (x *DeleteVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteVolumeRequest.ProtoReflect.Descriptor instead.
 func (*DeleteVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{76}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{78}
 }
 
 func (x *DeleteVolumeRequest) GetCluster() string {
@@ -4260,7 +4348,7 @@ type DeleteVolumeResponse struct {
 
 func (x *DeleteVolumeResponse) Reset() {
 	*x = DeleteVolumeResponse{}
-	mi := &file_corral_v1_api_proto_msgTypes[77]
+	mi := &file_corral_v1_api_proto_msgTypes[79]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4272,7 +4360,7 @@ func (x *DeleteVolumeResponse) String() string {
 func (*DeleteVolumeResponse) ProtoMessage() {}
 
 func (x *DeleteVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[77]
+	mi := &file_corral_v1_api_proto_msgTypes[79]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4285,7 +4373,7 @@ func (x *DeleteVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteVolumeResponse.ProtoReflect.Descriptor instead.
 func (*DeleteVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{77}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{79}
 }
 
 func (x *DeleteVolumeResponse) GetTask() *Task {
@@ -4307,7 +4395,7 @@ type SetTemplateRequest struct {
 
 func (x *SetTemplateRequest) Reset() {
 	*x = SetTemplateRequest{}
-	mi := &file_corral_v1_api_proto_msgTypes[78]
+	mi := &file_corral_v1_api_proto_msgTypes[80]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4319,7 +4407,7 @@ func (x *SetTemplateRequest) String() string {
 func (*SetTemplateRequest) ProtoMessage() {}
 
 func (x *SetTemplateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[78]
+	mi := &file_corral_v1_api_proto_msgTypes[80]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4332,7 +4420,7 @@ func (x *SetTemplateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetTemplateRequest.ProtoReflect.Descriptor instead.
 func (*SetTemplateRequest) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{78}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{80}
 }
 
 func (x *SetTemplateRequest) GetCluster() string {
@@ -4372,7 +4460,7 @@ type SetTemplateResponse struct {
 
 func (x *SetTemplateResponse) Reset() {
 	*x = SetTemplateResponse{}
-	mi := &file_corral_v1_api_proto_msgTypes[79]
+	mi := &file_corral_v1_api_proto_msgTypes[81]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4384,7 +4472,7 @@ func (x *SetTemplateResponse) String() string {
 func (*SetTemplateResponse) ProtoMessage() {}
 
 func (x *SetTemplateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[79]
+	mi := &file_corral_v1_api_proto_msgTypes[81]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4397,7 +4485,7 @@ func (x *SetTemplateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetTemplateResponse.ProtoReflect.Descriptor instead.
 func (*SetTemplateResponse) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{79}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{81}
 }
 
 func (x *SetTemplateResponse) GetVolume() *Volume {
@@ -4421,7 +4509,7 @@ type ImportVolumeRequest struct {
 
 func (x *ImportVolumeRequest) Reset() {
 	*x = ImportVolumeRequest{}
-	mi := &file_corral_v1_api_proto_msgTypes[80]
+	mi := &file_corral_v1_api_proto_msgTypes[82]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4433,7 +4521,7 @@ func (x *ImportVolumeRequest) String() string {
 func (*ImportVolumeRequest) ProtoMessage() {}
 
 func (x *ImportVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[80]
+	mi := &file_corral_v1_api_proto_msgTypes[82]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4446,7 +4534,7 @@ func (x *ImportVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImportVolumeRequest.ProtoReflect.Descriptor instead.
 func (*ImportVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{80}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{82}
 }
 
 func (x *ImportVolumeRequest) GetCluster() string {
@@ -4500,7 +4588,7 @@ type ImportVolumeResponse struct {
 
 func (x *ImportVolumeResponse) Reset() {
 	*x = ImportVolumeResponse{}
-	mi := &file_corral_v1_api_proto_msgTypes[81]
+	mi := &file_corral_v1_api_proto_msgTypes[83]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4512,7 +4600,7 @@ func (x *ImportVolumeResponse) String() string {
 func (*ImportVolumeResponse) ProtoMessage() {}
 
 func (x *ImportVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[81]
+	mi := &file_corral_v1_api_proto_msgTypes[83]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4525,7 +4613,7 @@ func (x *ImportVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImportVolumeResponse.ProtoReflect.Descriptor instead.
 func (*ImportVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{81}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{83}
 }
 
 func (x *ImportVolumeResponse) GetVolume() *Volume {
@@ -4544,7 +4632,7 @@ type ListTasksRequest struct {
 
 func (x *ListTasksRequest) Reset() {
 	*x = ListTasksRequest{}
-	mi := &file_corral_v1_api_proto_msgTypes[82]
+	mi := &file_corral_v1_api_proto_msgTypes[84]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4556,7 +4644,7 @@ func (x *ListTasksRequest) String() string {
 func (*ListTasksRequest) ProtoMessage() {}
 
 func (x *ListTasksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[82]
+	mi := &file_corral_v1_api_proto_msgTypes[84]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4569,7 +4657,7 @@ func (x *ListTasksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTasksRequest.ProtoReflect.Descriptor instead.
 func (*ListTasksRequest) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{82}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{84}
 }
 
 func (x *ListTasksRequest) GetCluster() string {
@@ -4588,7 +4676,7 @@ type ListTasksResponse struct {
 
 func (x *ListTasksResponse) Reset() {
 	*x = ListTasksResponse{}
-	mi := &file_corral_v1_api_proto_msgTypes[83]
+	mi := &file_corral_v1_api_proto_msgTypes[85]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4600,7 +4688,7 @@ func (x *ListTasksResponse) String() string {
 func (*ListTasksResponse) ProtoMessage() {}
 
 func (x *ListTasksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[83]
+	mi := &file_corral_v1_api_proto_msgTypes[85]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4613,7 +4701,7 @@ func (x *ListTasksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTasksResponse.ProtoReflect.Descriptor instead.
 func (*ListTasksResponse) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{83}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{85}
 }
 
 func (x *ListTasksResponse) GetTasks() []*Task {
@@ -4633,7 +4721,7 @@ type GetTaskRequest struct {
 
 func (x *GetTaskRequest) Reset() {
 	*x = GetTaskRequest{}
-	mi := &file_corral_v1_api_proto_msgTypes[84]
+	mi := &file_corral_v1_api_proto_msgTypes[86]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4645,7 +4733,7 @@ func (x *GetTaskRequest) String() string {
 func (*GetTaskRequest) ProtoMessage() {}
 
 func (x *GetTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[84]
+	mi := &file_corral_v1_api_proto_msgTypes[86]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4658,7 +4746,7 @@ func (x *GetTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTaskRequest.ProtoReflect.Descriptor instead.
 func (*GetTaskRequest) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{84}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{86}
 }
 
 func (x *GetTaskRequest) GetCluster() string {
@@ -4684,7 +4772,7 @@ type GetTaskResponse struct {
 
 func (x *GetTaskResponse) Reset() {
 	*x = GetTaskResponse{}
-	mi := &file_corral_v1_api_proto_msgTypes[85]
+	mi := &file_corral_v1_api_proto_msgTypes[87]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4696,7 +4784,7 @@ func (x *GetTaskResponse) String() string {
 func (*GetTaskResponse) ProtoMessage() {}
 
 func (x *GetTaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[85]
+	mi := &file_corral_v1_api_proto_msgTypes[87]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4709,7 +4797,7 @@ func (x *GetTaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTaskResponse.ProtoReflect.Descriptor instead.
 func (*GetTaskResponse) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{85}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{87}
 }
 
 func (x *GetTaskResponse) GetTask() *Task {
@@ -4729,7 +4817,7 @@ type WatchTaskRequest struct {
 
 func (x *WatchTaskRequest) Reset() {
 	*x = WatchTaskRequest{}
-	mi := &file_corral_v1_api_proto_msgTypes[86]
+	mi := &file_corral_v1_api_proto_msgTypes[88]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4741,7 +4829,7 @@ func (x *WatchTaskRequest) String() string {
 func (*WatchTaskRequest) ProtoMessage() {}
 
 func (x *WatchTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[86]
+	mi := &file_corral_v1_api_proto_msgTypes[88]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4754,7 +4842,7 @@ func (x *WatchTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchTaskRequest.ProtoReflect.Descriptor instead.
 func (*WatchTaskRequest) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{86}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{88}
 }
 
 func (x *WatchTaskRequest) GetCluster() string {
@@ -4780,7 +4868,7 @@ type WatchTaskResponse struct {
 
 func (x *WatchTaskResponse) Reset() {
 	*x = WatchTaskResponse{}
-	mi := &file_corral_v1_api_proto_msgTypes[87]
+	mi := &file_corral_v1_api_proto_msgTypes[89]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4792,7 +4880,7 @@ func (x *WatchTaskResponse) String() string {
 func (*WatchTaskResponse) ProtoMessage() {}
 
 func (x *WatchTaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[87]
+	mi := &file_corral_v1_api_proto_msgTypes[89]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4805,7 +4893,7 @@ func (x *WatchTaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchTaskResponse.ProtoReflect.Descriptor instead.
 func (*WatchTaskResponse) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{87}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{89}
 }
 
 func (x *WatchTaskResponse) GetTask() *Task {
@@ -4825,7 +4913,7 @@ type CancelTaskRequest struct {
 
 func (x *CancelTaskRequest) Reset() {
 	*x = CancelTaskRequest{}
-	mi := &file_corral_v1_api_proto_msgTypes[88]
+	mi := &file_corral_v1_api_proto_msgTypes[90]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4837,7 +4925,7 @@ func (x *CancelTaskRequest) String() string {
 func (*CancelTaskRequest) ProtoMessage() {}
 
 func (x *CancelTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[88]
+	mi := &file_corral_v1_api_proto_msgTypes[90]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4850,7 +4938,7 @@ func (x *CancelTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelTaskRequest.ProtoReflect.Descriptor instead.
 func (*CancelTaskRequest) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{88}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{90}
 }
 
 func (x *CancelTaskRequest) GetCluster() string {
@@ -4876,7 +4964,7 @@ type CancelTaskResponse struct {
 
 func (x *CancelTaskResponse) Reset() {
 	*x = CancelTaskResponse{}
-	mi := &file_corral_v1_api_proto_msgTypes[89]
+	mi := &file_corral_v1_api_proto_msgTypes[91]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4888,7 +4976,7 @@ func (x *CancelTaskResponse) String() string {
 func (*CancelTaskResponse) ProtoMessage() {}
 
 func (x *CancelTaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[89]
+	mi := &file_corral_v1_api_proto_msgTypes[91]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4901,7 +4989,7 @@ func (x *CancelTaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelTaskResponse.ProtoReflect.Descriptor instead.
 func (*CancelTaskResponse) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{89}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{91}
 }
 
 func (x *CancelTaskResponse) GetTask() *Task {
@@ -4923,7 +5011,7 @@ type ListEventsRequest struct {
 
 func (x *ListEventsRequest) Reset() {
 	*x = ListEventsRequest{}
-	mi := &file_corral_v1_api_proto_msgTypes[90]
+	mi := &file_corral_v1_api_proto_msgTypes[92]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4935,7 +5023,7 @@ func (x *ListEventsRequest) String() string {
 func (*ListEventsRequest) ProtoMessage() {}
 
 func (x *ListEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[90]
+	mi := &file_corral_v1_api_proto_msgTypes[92]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4948,7 +5036,7 @@ func (x *ListEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEventsRequest.ProtoReflect.Descriptor instead.
 func (*ListEventsRequest) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{90}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{92}
 }
 
 func (x *ListEventsRequest) GetCluster() string {
@@ -4988,7 +5076,7 @@ type ListEventsResponse struct {
 
 func (x *ListEventsResponse) Reset() {
 	*x = ListEventsResponse{}
-	mi := &file_corral_v1_api_proto_msgTypes[91]
+	mi := &file_corral_v1_api_proto_msgTypes[93]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5000,7 +5088,7 @@ func (x *ListEventsResponse) String() string {
 func (*ListEventsResponse) ProtoMessage() {}
 
 func (x *ListEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[91]
+	mi := &file_corral_v1_api_proto_msgTypes[93]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5013,7 +5101,7 @@ func (x *ListEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEventsResponse.ProtoReflect.Descriptor instead.
 func (*ListEventsResponse) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{91}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{93}
 }
 
 func (x *ListEventsResponse) GetEvents() []*Event {
@@ -5033,7 +5121,7 @@ type WatchEventsRequest struct {
 
 func (x *WatchEventsRequest) Reset() {
 	*x = WatchEventsRequest{}
-	mi := &file_corral_v1_api_proto_msgTypes[92]
+	mi := &file_corral_v1_api_proto_msgTypes[94]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5045,7 +5133,7 @@ func (x *WatchEventsRequest) String() string {
 func (*WatchEventsRequest) ProtoMessage() {}
 
 func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[92]
+	mi := &file_corral_v1_api_proto_msgTypes[94]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5058,7 +5146,7 @@ func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEventsRequest.ProtoReflect.Descriptor instead.
 func (*WatchEventsRequest) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{92}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{94}
 }
 
 func (x *WatchEventsRequest) GetCluster() string {
@@ -5084,7 +5172,7 @@ type WatchEventsResponse struct {
 
 func (x *WatchEventsResponse) Reset() {
 	*x = WatchEventsResponse{}
-	mi := &file_corral_v1_api_proto_msgTypes[93]
+	mi := &file_corral_v1_api_proto_msgTypes[95]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5096,7 +5184,7 @@ func (x *WatchEventsResponse) String() string {
 func (*WatchEventsResponse) ProtoMessage() {}
 
 func (x *WatchEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[93]
+	mi := &file_corral_v1_api_proto_msgTypes[95]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5109,7 +5197,7 @@ func (x *WatchEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEventsResponse.ProtoReflect.Descriptor instead.
 func (*WatchEventsResponse) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{93}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{95}
 }
 
 func (x *WatchEventsResponse) GetEvent() *Event {
@@ -5123,7 +5211,11 @@ var File_corral_v1_api_proto protoreflect.FileDescriptor
 
 const file_corral_v1_api_proto_rawDesc = "" +
 	"\n" +
-	"\x13corral/v1/api.proto\x12\tcorral.v1\x1a\x17corral/v1/command.proto\x1a\x15corral/v1/types.proto\"z\n" +
+	"\x13corral/v1/api.proto\x12\tcorral.v1\x1a\x17corral/v1/command.proto\x1a\x15corral/v1/types.proto\",\n" +
+	"\x10ReadIndexRequest\x12\x18\n" +
+	"\acluster\x18\x01 \x01(\tR\acluster\")\n" +
+	"\x11ReadIndexResponse\x12\x14\n" +
+	"\x05index\x18\x01 \x01(\x04R\x05index\"z\n" +
 	"\x12InitClusterRequest\x12\x18\n" +
 	"\acluster\x18\x01 \x01(\tR\acluster\x12!\n" +
 	"\fraft_address\x18\x02 \x01(\tR\vraftAddress\x12'\n" +
@@ -5456,7 +5548,7 @@ const file_corral_v1_api_proto_rawDesc = "" +
 	"\acluster\x18\x01 \x01(\tR\acluster\x12\x14\n" +
 	"\x05after\x18\x02 \x01(\x04R\x05after\"=\n" +
 	"\x13WatchEventsResponse\x12&\n" +
-	"\x05event\x18\x01 \x01(\v2\x10.corral.v1.EventR\x05event2\xea\x06\n" +
+	"\x05event\x18\x01 \x01(\v2\x10.corral.v1.EventR\x05event2\xb2\a\n" +
 	"\x0eClusterService\x12L\n" +
 	"\vInitCluster\x12\x1d.corral.v1.InitClusterRequest\x1a\x1e.corral.v1.InitClusterResponse\x12L\n" +
 	"\vJoinCluster\x12\x1d.corral.v1.JoinClusterRequest\x1a\x1e.corral.v1.JoinClusterResponse\x12:\n" +
@@ -5469,7 +5561,8 @@ const file_corral_v1_api_proto_rawDesc = "" +
 	"\fListClusters\x12\x1e.corral.v1.ListClustersRequest\x1a\x1f.corral.v1.ListClustersResponse\x12U\n" +
 	"\x0eUpdateSettings\x12 .corral.v1.UpdateSettingsRequest\x1a!.corral.v1.UpdateSettingsResponse\x12@\n" +
 	"\aPropose\x12\x19.corral.v1.ProposeRequest\x1a\x1a.corral.v1.ProposeResponse\x12F\n" +
-	"\tHeartbeat\x12\x1b.corral.v1.HeartbeatRequest\x1a\x1c.corral.v1.HeartbeatResponse2\xaa\x02\n" +
+	"\tHeartbeat\x12\x1b.corral.v1.HeartbeatRequest\x1a\x1c.corral.v1.HeartbeatResponse\x12F\n" +
+	"\tReadIndex\x12\x1b.corral.v1.ReadIndexRequest\x1a\x1c.corral.v1.ReadIndexResponse2\xaa\x02\n" +
 	"\vNodeService\x12F\n" +
 	"\tListNodes\x12\x1b.corral.v1.ListNodesRequest\x1a\x1c.corral.v1.ListNodesResponse\x12@\n" +
 	"\aGetNode\x12\x19.corral.v1.GetNodeRequest\x1a\x1a.corral.v1.GetNodeResponse\x12F\n" +
@@ -5529,261 +5622,265 @@ func file_corral_v1_api_proto_rawDescGZIP() []byte {
 	return file_corral_v1_api_proto_rawDescData
 }
 
-var file_corral_v1_api_proto_msgTypes = make([]protoimpl.MessageInfo, 94)
+var file_corral_v1_api_proto_msgTypes = make([]protoimpl.MessageInfo, 96)
 var file_corral_v1_api_proto_goTypes = []any{
-	(*InitClusterRequest)(nil),      // 0: corral.v1.InitClusterRequest
-	(*InitClusterResponse)(nil),     // 1: corral.v1.InitClusterResponse
-	(*JoinClusterRequest)(nil),      // 2: corral.v1.JoinClusterRequest
-	(*JoinClusterResponse)(nil),     // 3: corral.v1.JoinClusterResponse
-	(*AdmitRequest)(nil),            // 4: corral.v1.AdmitRequest
-	(*AdmitResponse)(nil),           // 5: corral.v1.AdmitResponse
-	(*CreateJoinTokenRequest)(nil),  // 6: corral.v1.CreateJoinTokenRequest
-	(*CreateJoinTokenResponse)(nil), // 7: corral.v1.CreateJoinTokenResponse
-	(*RemoveNodeRequest)(nil),       // 8: corral.v1.RemoveNodeRequest
-	(*RemoveNodeResponse)(nil),      // 9: corral.v1.RemoveNodeResponse
-	(*ClusterStatusRequest)(nil),    // 10: corral.v1.ClusterStatusRequest
-	(*Member)(nil),                  // 11: corral.v1.Member
-	(*ClusterStatusResponse)(nil),   // 12: corral.v1.ClusterStatusResponse
-	(*IssueAdminCertRequest)(nil),   // 13: corral.v1.IssueAdminCertRequest
-	(*IssueAdminCertResponse)(nil),  // 14: corral.v1.IssueAdminCertResponse
-	(*ListClustersRequest)(nil),     // 15: corral.v1.ListClustersRequest
-	(*ListClustersResponse)(nil),    // 16: corral.v1.ListClustersResponse
-	(*UpdateSettingsRequest)(nil),   // 17: corral.v1.UpdateSettingsRequest
-	(*UpdateSettingsResponse)(nil),  // 18: corral.v1.UpdateSettingsResponse
-	(*ProposeRequest)(nil),          // 19: corral.v1.ProposeRequest
-	(*ProposeResponse)(nil),         // 20: corral.v1.ProposeResponse
-	(*HeartbeatRequest)(nil),        // 21: corral.v1.HeartbeatRequest
-	(*HeartbeatResponse)(nil),       // 22: corral.v1.HeartbeatResponse
-	(*ListNodesRequest)(nil),        // 23: corral.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),       // 24: corral.v1.ListNodesResponse
-	(*GetNodeRequest)(nil),          // 25: corral.v1.GetNodeRequest
-	(*GetNodeResponse)(nil),         // 26: corral.v1.GetNodeResponse
-	(*DrainNodeRequest)(nil),        // 27: corral.v1.DrainNodeRequest
-	(*DrainNodeResponse)(nil),       // 28: corral.v1.DrainNodeResponse
-	(*ResumeNodeRequest)(nil),       // 29: corral.v1.ResumeNodeRequest
-	(*ResumeNodeResponse)(nil),      // 30: corral.v1.ResumeNodeResponse
-	(*CreateVMRequest)(nil),         // 31: corral.v1.CreateVMRequest
-	(*Placement)(nil),               // 32: corral.v1.Placement
-	(*CreateVMResponse)(nil),        // 33: corral.v1.CreateVMResponse
-	(*ListVMsRequest)(nil),          // 34: corral.v1.ListVMsRequest
-	(*ListVMsResponse)(nil),         // 35: corral.v1.ListVMsResponse
-	(*GetVMRequest)(nil),            // 36: corral.v1.GetVMRequest
-	(*GetVMResponse)(nil),           // 37: corral.v1.GetVMResponse
-	(*UpdateVMRequest)(nil),         // 38: corral.v1.UpdateVMRequest
-	(*UpdateVMResponse)(nil),        // 39: corral.v1.UpdateVMResponse
-	(*StartVMRequest)(nil),          // 40: corral.v1.StartVMRequest
-	(*StartVMResponse)(nil),         // 41: corral.v1.StartVMResponse
-	(*StopVMRequest)(nil),           // 42: corral.v1.StopVMRequest
-	(*StopVMResponse)(nil),          // 43: corral.v1.StopVMResponse
-	(*RebootVMRequest)(nil),         // 44: corral.v1.RebootVMRequest
-	(*RebootVMResponse)(nil),        // 45: corral.v1.RebootVMResponse
-	(*DeleteVMRequest)(nil),         // 46: corral.v1.DeleteVMRequest
-	(*DeleteVMResponse)(nil),        // 47: corral.v1.DeleteVMResponse
-	(*MigrateVMRequest)(nil),        // 48: corral.v1.MigrateVMRequest
-	(*MigrateVMResponse)(nil),       // 49: corral.v1.MigrateVMResponse
-	(*ConsoleRequest)(nil),          // 50: corral.v1.ConsoleRequest
-	(*ConsoleResponse)(nil),         // 51: corral.v1.ConsoleResponse
-	(*CreateNetworkRequest)(nil),    // 52: corral.v1.CreateNetworkRequest
-	(*CreateNetworkResponse)(nil),   // 53: corral.v1.CreateNetworkResponse
-	(*ListNetworksRequest)(nil),     // 54: corral.v1.ListNetworksRequest
-	(*ListNetworksResponse)(nil),    // 55: corral.v1.ListNetworksResponse
-	(*GetNetworkRequest)(nil),       // 56: corral.v1.GetNetworkRequest
-	(*GetNetworkResponse)(nil),      // 57: corral.v1.GetNetworkResponse
-	(*DeleteNetworkRequest)(nil),    // 58: corral.v1.DeleteNetworkRequest
-	(*DeleteNetworkResponse)(nil),   // 59: corral.v1.DeleteNetworkResponse
-	(*AddPoolRequest)(nil),          // 60: corral.v1.AddPoolRequest
-	(*AddPoolResponse)(nil),         // 61: corral.v1.AddPoolResponse
-	(*ListPoolsRequest)(nil),        // 62: corral.v1.ListPoolsRequest
-	(*ListPoolsResponse)(nil),       // 63: corral.v1.ListPoolsResponse
-	(*RemovePoolRequest)(nil),       // 64: corral.v1.RemovePoolRequest
-	(*RemovePoolResponse)(nil),      // 65: corral.v1.RemovePoolResponse
-	(*CreateVolumeRequest)(nil),     // 66: corral.v1.CreateVolumeRequest
-	(*CreateVolumeResponse)(nil),    // 67: corral.v1.CreateVolumeResponse
-	(*ListVolumesRequest)(nil),      // 68: corral.v1.ListVolumesRequest
-	(*ListVolumesResponse)(nil),     // 69: corral.v1.ListVolumesResponse
-	(*ResizeVolumeRequest)(nil),     // 70: corral.v1.ResizeVolumeRequest
-	(*ResizeVolumeResponse)(nil),    // 71: corral.v1.ResizeVolumeResponse
-	(*SnapshotVolumeRequest)(nil),   // 72: corral.v1.SnapshotVolumeRequest
-	(*SnapshotVolumeResponse)(nil),  // 73: corral.v1.SnapshotVolumeResponse
-	(*RollbackVolumeRequest)(nil),   // 74: corral.v1.RollbackVolumeRequest
-	(*RollbackVolumeResponse)(nil),  // 75: corral.v1.RollbackVolumeResponse
-	(*DeleteVolumeRequest)(nil),     // 76: corral.v1.DeleteVolumeRequest
-	(*DeleteVolumeResponse)(nil),    // 77: corral.v1.DeleteVolumeResponse
-	(*SetTemplateRequest)(nil),      // 78: corral.v1.SetTemplateRequest
-	(*SetTemplateResponse)(nil),     // 79: corral.v1.SetTemplateResponse
-	(*ImportVolumeRequest)(nil),     // 80: corral.v1.ImportVolumeRequest
-	(*ImportVolumeResponse)(nil),    // 81: corral.v1.ImportVolumeResponse
-	(*ListTasksRequest)(nil),        // 82: corral.v1.ListTasksRequest
-	(*ListTasksResponse)(nil),       // 83: corral.v1.ListTasksResponse
-	(*GetTaskRequest)(nil),          // 84: corral.v1.GetTaskRequest
-	(*GetTaskResponse)(nil),         // 85: corral.v1.GetTaskResponse
-	(*WatchTaskRequest)(nil),        // 86: corral.v1.WatchTaskRequest
-	(*WatchTaskResponse)(nil),       // 87: corral.v1.WatchTaskResponse
-	(*CancelTaskRequest)(nil),       // 88: corral.v1.CancelTaskRequest
-	(*CancelTaskResponse)(nil),      // 89: corral.v1.CancelTaskResponse
-	(*ListEventsRequest)(nil),       // 90: corral.v1.ListEventsRequest
-	(*ListEventsResponse)(nil),      // 91: corral.v1.ListEventsResponse
-	(*WatchEventsRequest)(nil),      // 92: corral.v1.WatchEventsRequest
-	(*WatchEventsResponse)(nil),     // 93: corral.v1.WatchEventsResponse
-	(NodeRole)(0),                   // 94: corral.v1.NodeRole
-	(NodeHealth)(0),                 // 95: corral.v1.NodeHealth
-	(*Settings)(nil),                // 96: corral.v1.Settings
-	(*Command)(nil),                 // 97: corral.v1.Command
-	(*Node)(nil),                    // 98: corral.v1.Node
-	(*VM)(nil),                      // 99: corral.v1.VM
-	(*Task)(nil),                    // 100: corral.v1.Task
-	(*VMSpec)(nil),                  // 101: corral.v1.VMSpec
-	(*Network)(nil),                 // 102: corral.v1.Network
-	(*StoragePool)(nil),             // 103: corral.v1.StoragePool
-	(*Volume)(nil),                  // 104: corral.v1.Volume
-	(*Event)(nil),                   // 105: corral.v1.Event
+	(*ReadIndexRequest)(nil),        // 0: corral.v1.ReadIndexRequest
+	(*ReadIndexResponse)(nil),       // 1: corral.v1.ReadIndexResponse
+	(*InitClusterRequest)(nil),      // 2: corral.v1.InitClusterRequest
+	(*InitClusterResponse)(nil),     // 3: corral.v1.InitClusterResponse
+	(*JoinClusterRequest)(nil),      // 4: corral.v1.JoinClusterRequest
+	(*JoinClusterResponse)(nil),     // 5: corral.v1.JoinClusterResponse
+	(*AdmitRequest)(nil),            // 6: corral.v1.AdmitRequest
+	(*AdmitResponse)(nil),           // 7: corral.v1.AdmitResponse
+	(*CreateJoinTokenRequest)(nil),  // 8: corral.v1.CreateJoinTokenRequest
+	(*CreateJoinTokenResponse)(nil), // 9: corral.v1.CreateJoinTokenResponse
+	(*RemoveNodeRequest)(nil),       // 10: corral.v1.RemoveNodeRequest
+	(*RemoveNodeResponse)(nil),      // 11: corral.v1.RemoveNodeResponse
+	(*ClusterStatusRequest)(nil),    // 12: corral.v1.ClusterStatusRequest
+	(*Member)(nil),                  // 13: corral.v1.Member
+	(*ClusterStatusResponse)(nil),   // 14: corral.v1.ClusterStatusResponse
+	(*IssueAdminCertRequest)(nil),   // 15: corral.v1.IssueAdminCertRequest
+	(*IssueAdminCertResponse)(nil),  // 16: corral.v1.IssueAdminCertResponse
+	(*ListClustersRequest)(nil),     // 17: corral.v1.ListClustersRequest
+	(*ListClustersResponse)(nil),    // 18: corral.v1.ListClustersResponse
+	(*UpdateSettingsRequest)(nil),   // 19: corral.v1.UpdateSettingsRequest
+	(*UpdateSettingsResponse)(nil),  // 20: corral.v1.UpdateSettingsResponse
+	(*ProposeRequest)(nil),          // 21: corral.v1.ProposeRequest
+	(*ProposeResponse)(nil),         // 22: corral.v1.ProposeResponse
+	(*HeartbeatRequest)(nil),        // 23: corral.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),       // 24: corral.v1.HeartbeatResponse
+	(*ListNodesRequest)(nil),        // 25: corral.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),       // 26: corral.v1.ListNodesResponse
+	(*GetNodeRequest)(nil),          // 27: corral.v1.GetNodeRequest
+	(*GetNodeResponse)(nil),         // 28: corral.v1.GetNodeResponse
+	(*DrainNodeRequest)(nil),        // 29: corral.v1.DrainNodeRequest
+	(*DrainNodeResponse)(nil),       // 30: corral.v1.DrainNodeResponse
+	(*ResumeNodeRequest)(nil),       // 31: corral.v1.ResumeNodeRequest
+	(*ResumeNodeResponse)(nil),      // 32: corral.v1.ResumeNodeResponse
+	(*CreateVMRequest)(nil),         // 33: corral.v1.CreateVMRequest
+	(*Placement)(nil),               // 34: corral.v1.Placement
+	(*CreateVMResponse)(nil),        // 35: corral.v1.CreateVMResponse
+	(*ListVMsRequest)(nil),          // 36: corral.v1.ListVMsRequest
+	(*ListVMsResponse)(nil),         // 37: corral.v1.ListVMsResponse
+	(*GetVMRequest)(nil),            // 38: corral.v1.GetVMRequest
+	(*GetVMResponse)(nil),           // 39: corral.v1.GetVMResponse
+	(*UpdateVMRequest)(nil),         // 40: corral.v1.UpdateVMRequest
+	(*UpdateVMResponse)(nil),        // 41: corral.v1.UpdateVMResponse
+	(*StartVMRequest)(nil),          // 42: corral.v1.StartVMRequest
+	(*StartVMResponse)(nil),         // 43: corral.v1.StartVMResponse
+	(*StopVMRequest)(nil),           // 44: corral.v1.StopVMRequest
+	(*StopVMResponse)(nil),          // 45: corral.v1.StopVMResponse
+	(*RebootVMRequest)(nil),         // 46: corral.v1.RebootVMRequest
+	(*RebootVMResponse)(nil),        // 47: corral.v1.RebootVMResponse
+	(*DeleteVMRequest)(nil),         // 48: corral.v1.DeleteVMRequest
+	(*DeleteVMResponse)(nil),        // 49: corral.v1.DeleteVMResponse
+	(*MigrateVMRequest)(nil),        // 50: corral.v1.MigrateVMRequest
+	(*MigrateVMResponse)(nil),       // 51: corral.v1.MigrateVMResponse
+	(*ConsoleRequest)(nil),          // 52: corral.v1.ConsoleRequest
+	(*ConsoleResponse)(nil),         // 53: corral.v1.ConsoleResponse
+	(*CreateNetworkRequest)(nil),    // 54: corral.v1.CreateNetworkRequest
+	(*CreateNetworkResponse)(nil),   // 55: corral.v1.CreateNetworkResponse
+	(*ListNetworksRequest)(nil),     // 56: corral.v1.ListNetworksRequest
+	(*ListNetworksResponse)(nil),    // 57: corral.v1.ListNetworksResponse
+	(*GetNetworkRequest)(nil),       // 58: corral.v1.GetNetworkRequest
+	(*GetNetworkResponse)(nil),      // 59: corral.v1.GetNetworkResponse
+	(*DeleteNetworkRequest)(nil),    // 60: corral.v1.DeleteNetworkRequest
+	(*DeleteNetworkResponse)(nil),   // 61: corral.v1.DeleteNetworkResponse
+	(*AddPoolRequest)(nil),          // 62: corral.v1.AddPoolRequest
+	(*AddPoolResponse)(nil),         // 63: corral.v1.AddPoolResponse
+	(*ListPoolsRequest)(nil),        // 64: corral.v1.ListPoolsRequest
+	(*ListPoolsResponse)(nil),       // 65: corral.v1.ListPoolsResponse
+	(*RemovePoolRequest)(nil),       // 66: corral.v1.RemovePoolRequest
+	(*RemovePoolResponse)(nil),      // 67: corral.v1.RemovePoolResponse
+	(*CreateVolumeRequest)(nil),     // 68: corral.v1.CreateVolumeRequest
+	(*CreateVolumeResponse)(nil),    // 69: corral.v1.CreateVolumeResponse
+	(*ListVolumesRequest)(nil),      // 70: corral.v1.ListVolumesRequest
+	(*ListVolumesResponse)(nil),     // 71: corral.v1.ListVolumesResponse
+	(*ResizeVolumeRequest)(nil),     // 72: corral.v1.ResizeVolumeRequest
+	(*ResizeVolumeResponse)(nil),    // 73: corral.v1.ResizeVolumeResponse
+	(*SnapshotVolumeRequest)(nil),   // 74: corral.v1.SnapshotVolumeRequest
+	(*SnapshotVolumeResponse)(nil),  // 75: corral.v1.SnapshotVolumeResponse
+	(*RollbackVolumeRequest)(nil),   // 76: corral.v1.RollbackVolumeRequest
+	(*RollbackVolumeResponse)(nil),  // 77: corral.v1.RollbackVolumeResponse
+	(*DeleteVolumeRequest)(nil),     // 78: corral.v1.DeleteVolumeRequest
+	(*DeleteVolumeResponse)(nil),    // 79: corral.v1.DeleteVolumeResponse
+	(*SetTemplateRequest)(nil),      // 80: corral.v1.SetTemplateRequest
+	(*SetTemplateResponse)(nil),     // 81: corral.v1.SetTemplateResponse
+	(*ImportVolumeRequest)(nil),     // 82: corral.v1.ImportVolumeRequest
+	(*ImportVolumeResponse)(nil),    // 83: corral.v1.ImportVolumeResponse
+	(*ListTasksRequest)(nil),        // 84: corral.v1.ListTasksRequest
+	(*ListTasksResponse)(nil),       // 85: corral.v1.ListTasksResponse
+	(*GetTaskRequest)(nil),          // 86: corral.v1.GetTaskRequest
+	(*GetTaskResponse)(nil),         // 87: corral.v1.GetTaskResponse
+	(*WatchTaskRequest)(nil),        // 88: corral.v1.WatchTaskRequest
+	(*WatchTaskResponse)(nil),       // 89: corral.v1.WatchTaskResponse
+	(*CancelTaskRequest)(nil),       // 90: corral.v1.CancelTaskRequest
+	(*CancelTaskResponse)(nil),      // 91: corral.v1.CancelTaskResponse
+	(*ListEventsRequest)(nil),       // 92: corral.v1.ListEventsRequest
+	(*ListEventsResponse)(nil),      // 93: corral.v1.ListEventsResponse
+	(*WatchEventsRequest)(nil),      // 94: corral.v1.WatchEventsRequest
+	(*WatchEventsResponse)(nil),     // 95: corral.v1.WatchEventsResponse
+	(NodeRole)(0),                   // 96: corral.v1.NodeRole
+	(NodeHealth)(0),                 // 97: corral.v1.NodeHealth
+	(*Settings)(nil),                // 98: corral.v1.Settings
+	(*Command)(nil),                 // 99: corral.v1.Command
+	(*Node)(nil),                    // 100: corral.v1.Node
+	(*VM)(nil),                      // 101: corral.v1.VM
+	(*Task)(nil),                    // 102: corral.v1.Task
+	(*VMSpec)(nil),                  // 103: corral.v1.VMSpec
+	(*Network)(nil),                 // 104: corral.v1.Network
+	(*StoragePool)(nil),             // 105: corral.v1.StoragePool
+	(*Volume)(nil),                  // 106: corral.v1.Volume
+	(*Event)(nil),                   // 107: corral.v1.Event
 }
 var file_corral_v1_api_proto_depIdxs = []int32{
-	94,  // 0: corral.v1.InitClusterRequest.role:type_name -> corral.v1.NodeRole
-	12,  // 1: corral.v1.InitClusterResponse.status:type_name -> corral.v1.ClusterStatusResponse
-	94,  // 2: corral.v1.JoinClusterRequest.role:type_name -> corral.v1.NodeRole
-	12,  // 3: corral.v1.JoinClusterResponse.status:type_name -> corral.v1.ClusterStatusResponse
-	94,  // 4: corral.v1.AdmitRequest.role:type_name -> corral.v1.NodeRole
-	94,  // 5: corral.v1.CreateJoinTokenRequest.role:type_name -> corral.v1.NodeRole
-	94,  // 6: corral.v1.Member.role:type_name -> corral.v1.NodeRole
-	95,  // 7: corral.v1.Member.health:type_name -> corral.v1.NodeHealth
-	11,  // 8: corral.v1.ClusterStatusResponse.members:type_name -> corral.v1.Member
-	96,  // 9: corral.v1.ClusterStatusResponse.settings:type_name -> corral.v1.Settings
-	96,  // 10: corral.v1.UpdateSettingsRequest.settings:type_name -> corral.v1.Settings
-	96,  // 11: corral.v1.UpdateSettingsResponse.settings:type_name -> corral.v1.Settings
-	97,  // 12: corral.v1.ProposeRequest.command:type_name -> corral.v1.Command
-	98,  // 13: corral.v1.ListNodesResponse.nodes:type_name -> corral.v1.Node
-	98,  // 14: corral.v1.GetNodeResponse.node:type_name -> corral.v1.Node
-	99,  // 15: corral.v1.GetNodeResponse.vms:type_name -> corral.v1.VM
-	100, // 16: corral.v1.DrainNodeResponse.task:type_name -> corral.v1.Task
-	98,  // 17: corral.v1.ResumeNodeResponse.node:type_name -> corral.v1.Node
-	101, // 18: corral.v1.CreateVMRequest.spec:type_name -> corral.v1.VMSpec
-	99,  // 19: corral.v1.CreateVMResponse.vm:type_name -> corral.v1.VM
-	32,  // 20: corral.v1.CreateVMResponse.placements:type_name -> corral.v1.Placement
-	99,  // 21: corral.v1.ListVMsResponse.vms:type_name -> corral.v1.VM
-	99,  // 22: corral.v1.GetVMResponse.vm:type_name -> corral.v1.VM
-	101, // 23: corral.v1.UpdateVMRequest.spec:type_name -> corral.v1.VMSpec
-	99,  // 24: corral.v1.UpdateVMResponse.vm:type_name -> corral.v1.VM
-	99,  // 25: corral.v1.StartVMResponse.vm:type_name -> corral.v1.VM
-	99,  // 26: corral.v1.StopVMResponse.vm:type_name -> corral.v1.VM
-	99,  // 27: corral.v1.RebootVMResponse.vm:type_name -> corral.v1.VM
-	100, // 28: corral.v1.MigrateVMResponse.task:type_name -> corral.v1.Task
-	102, // 29: corral.v1.CreateNetworkRequest.network:type_name -> corral.v1.Network
-	102, // 30: corral.v1.CreateNetworkResponse.network:type_name -> corral.v1.Network
-	102, // 31: corral.v1.ListNetworksResponse.networks:type_name -> corral.v1.Network
-	102, // 32: corral.v1.GetNetworkResponse.network:type_name -> corral.v1.Network
-	103, // 33: corral.v1.AddPoolRequest.pool:type_name -> corral.v1.StoragePool
-	103, // 34: corral.v1.AddPoolResponse.pool:type_name -> corral.v1.StoragePool
-	103, // 35: corral.v1.ListPoolsResponse.pools:type_name -> corral.v1.StoragePool
-	104, // 36: corral.v1.CreateVolumeResponse.volume:type_name -> corral.v1.Volume
-	100, // 37: corral.v1.CreateVolumeResponse.task:type_name -> corral.v1.Task
-	104, // 38: corral.v1.ListVolumesResponse.volumes:type_name -> corral.v1.Volume
-	100, // 39: corral.v1.ResizeVolumeResponse.task:type_name -> corral.v1.Task
-	100, // 40: corral.v1.SnapshotVolumeResponse.task:type_name -> corral.v1.Task
-	100, // 41: corral.v1.RollbackVolumeResponse.task:type_name -> corral.v1.Task
-	100, // 42: corral.v1.DeleteVolumeResponse.task:type_name -> corral.v1.Task
-	104, // 43: corral.v1.SetTemplateResponse.volume:type_name -> corral.v1.Volume
-	104, // 44: corral.v1.ImportVolumeResponse.volume:type_name -> corral.v1.Volume
-	100, // 45: corral.v1.ListTasksResponse.tasks:type_name -> corral.v1.Task
-	100, // 46: corral.v1.GetTaskResponse.task:type_name -> corral.v1.Task
-	100, // 47: corral.v1.WatchTaskResponse.task:type_name -> corral.v1.Task
-	100, // 48: corral.v1.CancelTaskResponse.task:type_name -> corral.v1.Task
-	105, // 49: corral.v1.ListEventsResponse.events:type_name -> corral.v1.Event
-	105, // 50: corral.v1.WatchEventsResponse.event:type_name -> corral.v1.Event
-	0,   // 51: corral.v1.ClusterService.InitCluster:input_type -> corral.v1.InitClusterRequest
-	2,   // 52: corral.v1.ClusterService.JoinCluster:input_type -> corral.v1.JoinClusterRequest
-	4,   // 53: corral.v1.ClusterService.Admit:input_type -> corral.v1.AdmitRequest
-	6,   // 54: corral.v1.ClusterService.CreateJoinToken:input_type -> corral.v1.CreateJoinTokenRequest
-	8,   // 55: corral.v1.ClusterService.RemoveNode:input_type -> corral.v1.RemoveNodeRequest
-	10,  // 56: corral.v1.ClusterService.ClusterStatus:input_type -> corral.v1.ClusterStatusRequest
-	13,  // 57: corral.v1.ClusterService.IssueAdminCert:input_type -> corral.v1.IssueAdminCertRequest
-	15,  // 58: corral.v1.ClusterService.ListClusters:input_type -> corral.v1.ListClustersRequest
-	17,  // 59: corral.v1.ClusterService.UpdateSettings:input_type -> corral.v1.UpdateSettingsRequest
-	19,  // 60: corral.v1.ClusterService.Propose:input_type -> corral.v1.ProposeRequest
-	21,  // 61: corral.v1.ClusterService.Heartbeat:input_type -> corral.v1.HeartbeatRequest
-	23,  // 62: corral.v1.NodeService.ListNodes:input_type -> corral.v1.ListNodesRequest
-	25,  // 63: corral.v1.NodeService.GetNode:input_type -> corral.v1.GetNodeRequest
-	27,  // 64: corral.v1.NodeService.DrainNode:input_type -> corral.v1.DrainNodeRequest
-	29,  // 65: corral.v1.NodeService.ResumeNode:input_type -> corral.v1.ResumeNodeRequest
-	31,  // 66: corral.v1.VMService.CreateVM:input_type -> corral.v1.CreateVMRequest
-	34,  // 67: corral.v1.VMService.ListVMs:input_type -> corral.v1.ListVMsRequest
-	36,  // 68: corral.v1.VMService.GetVM:input_type -> corral.v1.GetVMRequest
-	38,  // 69: corral.v1.VMService.UpdateVM:input_type -> corral.v1.UpdateVMRequest
-	40,  // 70: corral.v1.VMService.StartVM:input_type -> corral.v1.StartVMRequest
-	42,  // 71: corral.v1.VMService.StopVM:input_type -> corral.v1.StopVMRequest
-	44,  // 72: corral.v1.VMService.RebootVM:input_type -> corral.v1.RebootVMRequest
-	46,  // 73: corral.v1.VMService.DeleteVM:input_type -> corral.v1.DeleteVMRequest
-	48,  // 74: corral.v1.VMService.MigrateVM:input_type -> corral.v1.MigrateVMRequest
-	50,  // 75: corral.v1.VMService.Console:input_type -> corral.v1.ConsoleRequest
-	52,  // 76: corral.v1.NetworkService.CreateNetwork:input_type -> corral.v1.CreateNetworkRequest
-	54,  // 77: corral.v1.NetworkService.ListNetworks:input_type -> corral.v1.ListNetworksRequest
-	56,  // 78: corral.v1.NetworkService.GetNetwork:input_type -> corral.v1.GetNetworkRequest
-	58,  // 79: corral.v1.NetworkService.DeleteNetwork:input_type -> corral.v1.DeleteNetworkRequest
-	60,  // 80: corral.v1.StorageService.AddPool:input_type -> corral.v1.AddPoolRequest
-	62,  // 81: corral.v1.StorageService.ListPools:input_type -> corral.v1.ListPoolsRequest
-	64,  // 82: corral.v1.StorageService.RemovePool:input_type -> corral.v1.RemovePoolRequest
-	66,  // 83: corral.v1.StorageService.CreateVolume:input_type -> corral.v1.CreateVolumeRequest
-	68,  // 84: corral.v1.StorageService.ListVolumes:input_type -> corral.v1.ListVolumesRequest
-	70,  // 85: corral.v1.StorageService.ResizeVolume:input_type -> corral.v1.ResizeVolumeRequest
-	72,  // 86: corral.v1.StorageService.SnapshotVolume:input_type -> corral.v1.SnapshotVolumeRequest
-	74,  // 87: corral.v1.StorageService.RollbackVolume:input_type -> corral.v1.RollbackVolumeRequest
-	76,  // 88: corral.v1.StorageService.DeleteVolume:input_type -> corral.v1.DeleteVolumeRequest
-	78,  // 89: corral.v1.StorageService.SetTemplate:input_type -> corral.v1.SetTemplateRequest
-	80,  // 90: corral.v1.StorageService.ImportVolume:input_type -> corral.v1.ImportVolumeRequest
-	82,  // 91: corral.v1.TaskService.ListTasks:input_type -> corral.v1.ListTasksRequest
-	84,  // 92: corral.v1.TaskService.GetTask:input_type -> corral.v1.GetTaskRequest
-	86,  // 93: corral.v1.TaskService.WatchTask:input_type -> corral.v1.WatchTaskRequest
-	88,  // 94: corral.v1.TaskService.CancelTask:input_type -> corral.v1.CancelTaskRequest
-	90,  // 95: corral.v1.EventService.ListEvents:input_type -> corral.v1.ListEventsRequest
-	92,  // 96: corral.v1.EventService.WatchEvents:input_type -> corral.v1.WatchEventsRequest
-	1,   // 97: corral.v1.ClusterService.InitCluster:output_type -> corral.v1.InitClusterResponse
-	3,   // 98: corral.v1.ClusterService.JoinCluster:output_type -> corral.v1.JoinClusterResponse
-	5,   // 99: corral.v1.ClusterService.Admit:output_type -> corral.v1.AdmitResponse
-	7,   // 100: corral.v1.ClusterService.CreateJoinToken:output_type -> corral.v1.CreateJoinTokenResponse
-	9,   // 101: corral.v1.ClusterService.RemoveNode:output_type -> corral.v1.RemoveNodeResponse
-	12,  // 102: corral.v1.ClusterService.ClusterStatus:output_type -> corral.v1.ClusterStatusResponse
-	14,  // 103: corral.v1.ClusterService.IssueAdminCert:output_type -> corral.v1.IssueAdminCertResponse
-	16,  // 104: corral.v1.ClusterService.ListClusters:output_type -> corral.v1.ListClustersResponse
-	18,  // 105: corral.v1.ClusterService.UpdateSettings:output_type -> corral.v1.UpdateSettingsResponse
-	20,  // 106: corral.v1.ClusterService.Propose:output_type -> corral.v1.ProposeResponse
-	22,  // 107: corral.v1.ClusterService.Heartbeat:output_type -> corral.v1.HeartbeatResponse
-	24,  // 108: corral.v1.NodeService.ListNodes:output_type -> corral.v1.ListNodesResponse
-	26,  // 109: corral.v1.NodeService.GetNode:output_type -> corral.v1.GetNodeResponse
-	28,  // 110: corral.v1.NodeService.DrainNode:output_type -> corral.v1.DrainNodeResponse
-	30,  // 111: corral.v1.NodeService.ResumeNode:output_type -> corral.v1.ResumeNodeResponse
-	33,  // 112: corral.v1.VMService.CreateVM:output_type -> corral.v1.CreateVMResponse
-	35,  // 113: corral.v1.VMService.ListVMs:output_type -> corral.v1.ListVMsResponse
-	37,  // 114: corral.v1.VMService.GetVM:output_type -> corral.v1.GetVMResponse
-	39,  // 115: corral.v1.VMService.UpdateVM:output_type -> corral.v1.UpdateVMResponse
-	41,  // 116: corral.v1.VMService.StartVM:output_type -> corral.v1.StartVMResponse
-	43,  // 117: corral.v1.VMService.StopVM:output_type -> corral.v1.StopVMResponse
-	45,  // 118: corral.v1.VMService.RebootVM:output_type -> corral.v1.RebootVMResponse
-	47,  // 119: corral.v1.VMService.DeleteVM:output_type -> corral.v1.DeleteVMResponse
-	49,  // 120: corral.v1.VMService.MigrateVM:output_type -> corral.v1.MigrateVMResponse
-	51,  // 121: corral.v1.VMService.Console:output_type -> corral.v1.ConsoleResponse
-	53,  // 122: corral.v1.NetworkService.CreateNetwork:output_type -> corral.v1.CreateNetworkResponse
-	55,  // 123: corral.v1.NetworkService.ListNetworks:output_type -> corral.v1.ListNetworksResponse
-	57,  // 124: corral.v1.NetworkService.GetNetwork:output_type -> corral.v1.GetNetworkResponse
-	59,  // 125: corral.v1.NetworkService.DeleteNetwork:output_type -> corral.v1.DeleteNetworkResponse
-	61,  // 126: corral.v1.StorageService.AddPool:output_type -> corral.v1.AddPoolResponse
-	63,  // 127: corral.v1.StorageService.ListPools:output_type -> corral.v1.ListPoolsResponse
-	65,  // 128: corral.v1.StorageService.RemovePool:output_type -> corral.v1.RemovePoolResponse
-	67,  // 129: corral.v1.StorageService.CreateVolume:output_type -> corral.v1.CreateVolumeResponse
-	69,  // 130: corral.v1.StorageService.ListVolumes:output_type -> corral.v1.ListVolumesResponse
-	71,  // 131: corral.v1.StorageService.ResizeVolume:output_type -> corral.v1.ResizeVolumeResponse
-	73,  // 132: corral.v1.StorageService.SnapshotVolume:output_type -> corral.v1.SnapshotVolumeResponse
-	75,  // 133: corral.v1.StorageService.RollbackVolume:output_type -> corral.v1.RollbackVolumeResponse
-	77,  // 134: corral.v1.StorageService.DeleteVolume:output_type -> corral.v1.DeleteVolumeResponse
-	79,  // 135: corral.v1.StorageService.SetTemplate:output_type -> corral.v1.SetTemplateResponse
-	81,  // 136: corral.v1.StorageService.ImportVolume:output_type -> corral.v1.ImportVolumeResponse
-	83,  // 137: corral.v1.TaskService.ListTasks:output_type -> corral.v1.ListTasksResponse
-	85,  // 138: corral.v1.TaskService.GetTask:output_type -> corral.v1.GetTaskResponse
-	87,  // 139: corral.v1.TaskService.WatchTask:output_type -> corral.v1.WatchTaskResponse
-	89,  // 140: corral.v1.TaskService.CancelTask:output_type -> corral.v1.CancelTaskResponse
-	91,  // 141: corral.v1.EventService.ListEvents:output_type -> corral.v1.ListEventsResponse
-	93,  // 142: corral.v1.EventService.WatchEvents:output_type -> corral.v1.WatchEventsResponse
-	97,  // [97:143] is the sub-list for method output_type
-	51,  // [51:97] is the sub-list for method input_type
+	96,  // 0: corral.v1.InitClusterRequest.role:type_name -> corral.v1.NodeRole
+	14,  // 1: corral.v1.InitClusterResponse.status:type_name -> corral.v1.ClusterStatusResponse
+	96,  // 2: corral.v1.JoinClusterRequest.role:type_name -> corral.v1.NodeRole
+	14,  // 3: corral.v1.JoinClusterResponse.status:type_name -> corral.v1.ClusterStatusResponse
+	96,  // 4: corral.v1.AdmitRequest.role:type_name -> corral.v1.NodeRole
+	96,  // 5: corral.v1.CreateJoinTokenRequest.role:type_name -> corral.v1.NodeRole
+	96,  // 6: corral.v1.Member.role:type_name -> corral.v1.NodeRole
+	97,  // 7: corral.v1.Member.health:type_name -> corral.v1.NodeHealth
+	13,  // 8: corral.v1.ClusterStatusResponse.members:type_name -> corral.v1.Member
+	98,  // 9: corral.v1.ClusterStatusResponse.settings:type_name -> corral.v1.Settings
+	98,  // 10: corral.v1.UpdateSettingsRequest.settings:type_name -> corral.v1.Settings
+	98,  // 11: corral.v1.UpdateSettingsResponse.settings:type_name -> corral.v1.Settings
+	99,  // 12: corral.v1.ProposeRequest.command:type_name -> corral.v1.Command
+	100, // 13: corral.v1.ListNodesResponse.nodes:type_name -> corral.v1.Node
+	100, // 14: corral.v1.GetNodeResponse.node:type_name -> corral.v1.Node
+	101, // 15: corral.v1.GetNodeResponse.vms:type_name -> corral.v1.VM
+	102, // 16: corral.v1.DrainNodeResponse.task:type_name -> corral.v1.Task
+	100, // 17: corral.v1.ResumeNodeResponse.node:type_name -> corral.v1.Node
+	103, // 18: corral.v1.CreateVMRequest.spec:type_name -> corral.v1.VMSpec
+	101, // 19: corral.v1.CreateVMResponse.vm:type_name -> corral.v1.VM
+	34,  // 20: corral.v1.CreateVMResponse.placements:type_name -> corral.v1.Placement
+	101, // 21: corral.v1.ListVMsResponse.vms:type_name -> corral.v1.VM
+	101, // 22: corral.v1.GetVMResponse.vm:type_name -> corral.v1.VM
+	103, // 23: corral.v1.UpdateVMRequest.spec:type_name -> corral.v1.VMSpec
+	101, // 24: corral.v1.UpdateVMResponse.vm:type_name -> corral.v1.VM
+	101, // 25: corral.v1.StartVMResponse.vm:type_name -> corral.v1.VM
+	101, // 26: corral.v1.StopVMResponse.vm:type_name -> corral.v1.VM
+	101, // 27: corral.v1.RebootVMResponse.vm:type_name -> corral.v1.VM
+	102, // 28: corral.v1.MigrateVMResponse.task:type_name -> corral.v1.Task
+	104, // 29: corral.v1.CreateNetworkRequest.network:type_name -> corral.v1.Network
+	104, // 30: corral.v1.CreateNetworkResponse.network:type_name -> corral.v1.Network
+	104, // 31: corral.v1.ListNetworksResponse.networks:type_name -> corral.v1.Network
+	104, // 32: corral.v1.GetNetworkResponse.network:type_name -> corral.v1.Network
+	105, // 33: corral.v1.AddPoolRequest.pool:type_name -> corral.v1.StoragePool
+	105, // 34: corral.v1.AddPoolResponse.pool:type_name -> corral.v1.StoragePool
+	105, // 35: corral.v1.ListPoolsResponse.pools:type_name -> corral.v1.StoragePool
+	106, // 36: corral.v1.CreateVolumeResponse.volume:type_name -> corral.v1.Volume
+	102, // 37: corral.v1.CreateVolumeResponse.task:type_name -> corral.v1.Task
+	106, // 38: corral.v1.ListVolumesResponse.volumes:type_name -> corral.v1.Volume
+	102, // 39: corral.v1.ResizeVolumeResponse.task:type_name -> corral.v1.Task
+	102, // 40: corral.v1.SnapshotVolumeResponse.task:type_name -> corral.v1.Task
+	102, // 41: corral.v1.RollbackVolumeResponse.task:type_name -> corral.v1.Task
+	102, // 42: corral.v1.DeleteVolumeResponse.task:type_name -> corral.v1.Task
+	106, // 43: corral.v1.SetTemplateResponse.volume:type_name -> corral.v1.Volume
+	106, // 44: corral.v1.ImportVolumeResponse.volume:type_name -> corral.v1.Volume
+	102, // 45: corral.v1.ListTasksResponse.tasks:type_name -> corral.v1.Task
+	102, // 46: corral.v1.GetTaskResponse.task:type_name -> corral.v1.Task
+	102, // 47: corral.v1.WatchTaskResponse.task:type_name -> corral.v1.Task
+	102, // 48: corral.v1.CancelTaskResponse.task:type_name -> corral.v1.Task
+	107, // 49: corral.v1.ListEventsResponse.events:type_name -> corral.v1.Event
+	107, // 50: corral.v1.WatchEventsResponse.event:type_name -> corral.v1.Event
+	2,   // 51: corral.v1.ClusterService.InitCluster:input_type -> corral.v1.InitClusterRequest
+	4,   // 52: corral.v1.ClusterService.JoinCluster:input_type -> corral.v1.JoinClusterRequest
+	6,   // 53: corral.v1.ClusterService.Admit:input_type -> corral.v1.AdmitRequest
+	8,   // 54: corral.v1.ClusterService.CreateJoinToken:input_type -> corral.v1.CreateJoinTokenRequest
+	10,  // 55: corral.v1.ClusterService.RemoveNode:input_type -> corral.v1.RemoveNodeRequest
+	12,  // 56: corral.v1.ClusterService.ClusterStatus:input_type -> corral.v1.ClusterStatusRequest
+	15,  // 57: corral.v1.ClusterService.IssueAdminCert:input_type -> corral.v1.IssueAdminCertRequest
+	17,  // 58: corral.v1.ClusterService.ListClusters:input_type -> corral.v1.ListClustersRequest
+	19,  // 59: corral.v1.ClusterService.UpdateSettings:input_type -> corral.v1.UpdateSettingsRequest
+	21,  // 60: corral.v1.ClusterService.Propose:input_type -> corral.v1.ProposeRequest
+	23,  // 61: corral.v1.ClusterService.Heartbeat:input_type -> corral.v1.HeartbeatRequest
+	0,   // 62: corral.v1.ClusterService.ReadIndex:input_type -> corral.v1.ReadIndexRequest
+	25,  // 63: corral.v1.NodeService.ListNodes:input_type -> corral.v1.ListNodesRequest
+	27,  // 64: corral.v1.NodeService.GetNode:input_type -> corral.v1.GetNodeRequest
+	29,  // 65: corral.v1.NodeService.DrainNode:input_type -> corral.v1.DrainNodeRequest
+	31,  // 66: corral.v1.NodeService.ResumeNode:input_type -> corral.v1.ResumeNodeRequest
+	33,  // 67: corral.v1.VMService.CreateVM:input_type -> corral.v1.CreateVMRequest
+	36,  // 68: corral.v1.VMService.ListVMs:input_type -> corral.v1.ListVMsRequest
+	38,  // 69: corral.v1.VMService.GetVM:input_type -> corral.v1.GetVMRequest
+	40,  // 70: corral.v1.VMService.UpdateVM:input_type -> corral.v1.UpdateVMRequest
+	42,  // 71: corral.v1.VMService.StartVM:input_type -> corral.v1.StartVMRequest
+	44,  // 72: corral.v1.VMService.StopVM:input_type -> corral.v1.StopVMRequest
+	46,  // 73: corral.v1.VMService.RebootVM:input_type -> corral.v1.RebootVMRequest
+	48,  // 74: corral.v1.VMService.DeleteVM:input_type -> corral.v1.DeleteVMRequest
+	50,  // 75: corral.v1.VMService.MigrateVM:input_type -> corral.v1.MigrateVMRequest
+	52,  // 76: corral.v1.VMService.Console:input_type -> corral.v1.ConsoleRequest
+	54,  // 77: corral.v1.NetworkService.CreateNetwork:input_type -> corral.v1.CreateNetworkRequest
+	56,  // 78: corral.v1.NetworkService.ListNetworks:input_type -> corral.v1.ListNetworksRequest
+	58,  // 79: corral.v1.NetworkService.GetNetwork:input_type -> corral.v1.GetNetworkRequest
+	60,  // 80: corral.v1.NetworkService.DeleteNetwork:input_type -> corral.v1.DeleteNetworkRequest
+	62,  // 81: corral.v1.StorageService.AddPool:input_type -> corral.v1.AddPoolRequest
+	64,  // 82: corral.v1.StorageService.ListPools:input_type -> corral.v1.ListPoolsRequest
+	66,  // 83: corral.v1.StorageService.RemovePool:input_type -> corral.v1.RemovePoolRequest
+	68,  // 84: corral.v1.StorageService.CreateVolume:input_type -> corral.v1.CreateVolumeRequest
+	70,  // 85: corral.v1.StorageService.ListVolumes:input_type -> corral.v1.ListVolumesRequest
+	72,  // 86: corral.v1.StorageService.ResizeVolume:input_type -> corral.v1.ResizeVolumeRequest
+	74,  // 87: corral.v1.StorageService.SnapshotVolume:input_type -> corral.v1.SnapshotVolumeRequest
+	76,  // 88: corral.v1.StorageService.RollbackVolume:input_type -> corral.v1.RollbackVolumeRequest
+	78,  // 89: corral.v1.StorageService.DeleteVolume:input_type -> corral.v1.DeleteVolumeRequest
+	80,  // 90: corral.v1.StorageService.SetTemplate:input_type -> corral.v1.SetTemplateRequest
+	82,  // 91: corral.v1.StorageService.ImportVolume:input_type -> corral.v1.ImportVolumeRequest
+	84,  // 92: corral.v1.TaskService.ListTasks:input_type -> corral.v1.ListTasksRequest
+	86,  // 93: corral.v1.TaskService.GetTask:input_type -> corral.v1.GetTaskRequest
+	88,  // 94: corral.v1.TaskService.WatchTask:input_type -> corral.v1.WatchTaskRequest
+	90,  // 95: corral.v1.TaskService.CancelTask:input_type -> corral.v1.CancelTaskRequest
+	92,  // 96: corral.v1.EventService.ListEvents:input_type -> corral.v1.ListEventsRequest
+	94,  // 97: corral.v1.EventService.WatchEvents:input_type -> corral.v1.WatchEventsRequest
+	3,   // 98: corral.v1.ClusterService.InitCluster:output_type -> corral.v1.InitClusterResponse
+	5,   // 99: corral.v1.ClusterService.JoinCluster:output_type -> corral.v1.JoinClusterResponse
+	7,   // 100: corral.v1.ClusterService.Admit:output_type -> corral.v1.AdmitResponse
+	9,   // 101: corral.v1.ClusterService.CreateJoinToken:output_type -> corral.v1.CreateJoinTokenResponse
+	11,  // 102: corral.v1.ClusterService.RemoveNode:output_type -> corral.v1.RemoveNodeResponse
+	14,  // 103: corral.v1.ClusterService.ClusterStatus:output_type -> corral.v1.ClusterStatusResponse
+	16,  // 104: corral.v1.ClusterService.IssueAdminCert:output_type -> corral.v1.IssueAdminCertResponse
+	18,  // 105: corral.v1.ClusterService.ListClusters:output_type -> corral.v1.ListClustersResponse
+	20,  // 106: corral.v1.ClusterService.UpdateSettings:output_type -> corral.v1.UpdateSettingsResponse
+	22,  // 107: corral.v1.ClusterService.Propose:output_type -> corral.v1.ProposeResponse
+	24,  // 108: corral.v1.ClusterService.Heartbeat:output_type -> corral.v1.HeartbeatResponse
+	1,   // 109: corral.v1.ClusterService.ReadIndex:output_type -> corral.v1.ReadIndexResponse
+	26,  // 110: corral.v1.NodeService.ListNodes:output_type -> corral.v1.ListNodesResponse
+	28,  // 111: corral.v1.NodeService.GetNode:output_type -> corral.v1.GetNodeResponse
+	30,  // 112: corral.v1.NodeService.DrainNode:output_type -> corral.v1.DrainNodeResponse
+	32,  // 113: corral.v1.NodeService.ResumeNode:output_type -> corral.v1.ResumeNodeResponse
+	35,  // 114: corral.v1.VMService.CreateVM:output_type -> corral.v1.CreateVMResponse
+	37,  // 115: corral.v1.VMService.ListVMs:output_type -> corral.v1.ListVMsResponse
+	39,  // 116: corral.v1.VMService.GetVM:output_type -> corral.v1.GetVMResponse
+	41,  // 117: corral.v1.VMService.UpdateVM:output_type -> corral.v1.UpdateVMResponse
+	43,  // 118: corral.v1.VMService.StartVM:output_type -> corral.v1.StartVMResponse
+	45,  // 119: corral.v1.VMService.StopVM:output_type -> corral.v1.StopVMResponse
+	47,  // 120: corral.v1.VMService.RebootVM:output_type -> corral.v1.RebootVMResponse
+	49,  // 121: corral.v1.VMService.DeleteVM:output_type -> corral.v1.DeleteVMResponse
+	51,  // 122: corral.v1.VMService.MigrateVM:output_type -> corral.v1.MigrateVMResponse
+	53,  // 123: corral.v1.VMService.Console:output_type -> corral.v1.ConsoleResponse
+	55,  // 124: corral.v1.NetworkService.CreateNetwork:output_type -> corral.v1.CreateNetworkResponse
+	57,  // 125: corral.v1.NetworkService.ListNetworks:output_type -> corral.v1.ListNetworksResponse
+	59,  // 126: corral.v1.NetworkService.GetNetwork:output_type -> corral.v1.GetNetworkResponse
+	61,  // 127: corral.v1.NetworkService.DeleteNetwork:output_type -> corral.v1.DeleteNetworkResponse
+	63,  // 128: corral.v1.StorageService.AddPool:output_type -> corral.v1.AddPoolResponse
+	65,  // 129: corral.v1.StorageService.ListPools:output_type -> corral.v1.ListPoolsResponse
+	67,  // 130: corral.v1.StorageService.RemovePool:output_type -> corral.v1.RemovePoolResponse
+	69,  // 131: corral.v1.StorageService.CreateVolume:output_type -> corral.v1.CreateVolumeResponse
+	71,  // 132: corral.v1.StorageService.ListVolumes:output_type -> corral.v1.ListVolumesResponse
+	73,  // 133: corral.v1.StorageService.ResizeVolume:output_type -> corral.v1.ResizeVolumeResponse
+	75,  // 134: corral.v1.StorageService.SnapshotVolume:output_type -> corral.v1.SnapshotVolumeResponse
+	77,  // 135: corral.v1.StorageService.RollbackVolume:output_type -> corral.v1.RollbackVolumeResponse
+	79,  // 136: corral.v1.StorageService.DeleteVolume:output_type -> corral.v1.DeleteVolumeResponse
+	81,  // 137: corral.v1.StorageService.SetTemplate:output_type -> corral.v1.SetTemplateResponse
+	83,  // 138: corral.v1.StorageService.ImportVolume:output_type -> corral.v1.ImportVolumeResponse
+	85,  // 139: corral.v1.TaskService.ListTasks:output_type -> corral.v1.ListTasksResponse
+	87,  // 140: corral.v1.TaskService.GetTask:output_type -> corral.v1.GetTaskResponse
+	89,  // 141: corral.v1.TaskService.WatchTask:output_type -> corral.v1.WatchTaskResponse
+	91,  // 142: corral.v1.TaskService.CancelTask:output_type -> corral.v1.CancelTaskResponse
+	93,  // 143: corral.v1.EventService.ListEvents:output_type -> corral.v1.ListEventsResponse
+	95,  // 144: corral.v1.EventService.WatchEvents:output_type -> corral.v1.WatchEventsResponse
+	98,  // [98:145] is the sub-list for method output_type
+	51,  // [51:98] is the sub-list for method input_type
 	51,  // [51:51] is the sub-list for extension type_name
 	51,  // [51:51] is the sub-list for extension extendee
 	0,   // [0:51] is the sub-list for field type_name
@@ -5802,7 +5899,7 @@ func file_corral_v1_api_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_corral_v1_api_proto_rawDesc), len(file_corral_v1_api_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   94,
+			NumMessages:   96,
 			NumExtensions: 0,
 			NumServices:   7,
 		},
