@@ -181,6 +181,7 @@ func applyVMPower(s *State, c *pb.VMPowerCommand, m Meta) any {
 		v.RebootSeq++
 	} else if c.Power != pb.PowerState_POWER_STATE_UNSPECIFIED {
 		v.Power = c.Power
+		v.ForceStop = c.Force
 		action = "vm.start"
 		if c.Power == pb.PowerState_POWER_STATE_STOPPED {
 			action = "vm.stop"

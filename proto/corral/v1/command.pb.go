@@ -711,6 +711,7 @@ type VMPowerCommand struct {
 	Power         PowerState             `protobuf:"varint,2,opt,name=power,proto3,enum=corral.v1.PowerState" json:"power,omitempty"`
 	Reboot        bool                   `protobuf:"varint,3,opt,name=reboot,proto3" json:"reboot,omitempty"`
 	ClearError    bool                   `protobuf:"varint,4,opt,name=clear_error,json=clearError,proto3" json:"clear_error,omitempty"`
+	Force         bool                   `protobuf:"varint,5,opt,name=force,proto3" json:"force,omitempty"` // stop by destroy rather than ACPI shutdown
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -769,6 +770,13 @@ func (x *VMPowerCommand) GetReboot() bool {
 func (x *VMPowerCommand) GetClearError() bool {
 	if x != nil {
 		return x.ClearError
+	}
+	return false
+}
+
+func (x *VMPowerCommand) GetForce() bool {
+	if x != nil {
+		return x.Force
 	}
 	return false
 }
@@ -1772,13 +1780,14 @@ const file_corral_v1_command_proto_rawDesc = "" +
 	"\x0fVMUpdateCommand\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12%\n" +
 	"\x04spec\x18\x02 \x01(\v2\x11.corral.v1.VMSpecR\x04spec\x12/\n" +
-	"\x13expected_generation\x18\x03 \x01(\x03R\x12expectedGeneration\"\x8a\x01\n" +
+	"\x13expected_generation\x18\x03 \x01(\x03R\x12expectedGeneration\"\xa0\x01\n" +
 	"\x0eVMPowerCommand\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12+\n" +
 	"\x05power\x18\x02 \x01(\x0e2\x15.corral.v1.PowerStateR\x05power\x12\x16\n" +
 	"\x06reboot\x18\x03 \x01(\bR\x06reboot\x12\x1f\n" +
 	"\vclear_error\x18\x04 \x01(\bR\n" +
-	"clearError\"%\n" +
+	"clearError\x12\x14\n" +
+	"\x05force\x18\x05 \x01(\bR\x05force\"%\n" +
 	"\x0fVMDeleteCommand\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"9\n" +
 	"\x0fVMRemoveCommand\x12\x12\n" +

@@ -1066,6 +1066,7 @@ type VM struct {
 	RestartsUnixNano []int64                `protobuf:"varint,12,rep,packed,name=restarts_unix_nano,json=restartsUnixNano,proto3" json:"restarts_unix_nano,omitempty"` // HA restarts, for the give-up window
 	MigratingTo      string                 `protobuf:"bytes,13,opt,name=migrating_to,json=migratingTo,proto3" json:"migrating_to,omitempty"`
 	TaskId           string                 `protobuf:"bytes,14,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
+	ForceStop        bool                   `protobuf:"varint,15,opt,name=force_stop,json=forceStop,proto3" json:"force_stop,omitempty"` // stop by destroy rather than ACPI shutdown
 	unknownFields    protoimpl.UnknownFields
 	sizeCache        protoimpl.SizeCache
 }
@@ -1196,6 +1197,13 @@ func (x *VM) GetTaskId() string {
 		return x.TaskId
 	}
 	return ""
+}
+
+func (x *VM) GetForceStop() bool {
+	if x != nil {
+		return x.ForceStop
+	}
+	return false
 }
 
 // Network is a bridge per VLAN declared once for the cluster.
@@ -2285,7 +2293,7 @@ const file_corral_v1_types_proto_rawDesc = "" +
 	"memory_kib\x18\x05 \x01(\x04R\tmemoryKib\x12*\n" +
 	"\x11updated_unix_nano\x18\x06 \x01(\x03R\x0fupdatedUnixNano\x12\x14\n" +
 	"\x05boots\x18\a \x01(\x03R\x05boots\x12/\n" +
-	"\x13observed_generation\x18\b \x01(\x03R\x12observedGeneration\"\xce\x03\n" +
+	"\x13observed_generation\x18\b \x01(\x03R\x12observedGeneration\"\xed\x03\n" +
 	"\x02VM\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04uuid\x18\x02 \x01(\tR\x04uuid\x12%\n" +
@@ -2304,7 +2312,9 @@ const file_corral_v1_types_proto_rawDesc = "" +
 	"\btemplate\x18\v \x01(\bR\btemplate\x12,\n" +
 	"\x12restarts_unix_nano\x18\f \x03(\x03R\x10restartsUnixNano\x12!\n" +
 	"\fmigrating_to\x18\r \x01(\tR\vmigratingTo\x12\x17\n" +
-	"\atask_id\x18\x0e \x01(\tR\x06taskId\"\xde\x03\n" +
+	"\atask_id\x18\x0e \x01(\tR\x06taskId\x12\x1d\n" +
+	"\n" +
+	"force_stop\x18\x0f \x01(\bR\tforceStop\"\xde\x03\n" +
 	"\aNetwork\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04vlan\x18\x02 \x01(\x05R\x04vlan\x12\x12\n" +

@@ -1,0 +1,370 @@
+// Package raftstore holds one cluster's replicated state: a hashicorp/raft
+// group (boltdb log and stable store, file snapshots, a TLS transport) and
+// the FSM that applies typed commands to the in-memory State.
+//
+// Writes go one way: a caller builds a typed command, Propose checks it
+// against the local state, then applies it on the leader (forwarding it
+// there from a follower) and waits until the local FSM has applied it, so a
+// caller reads its own write on any node.
+package raftstore
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	"github.com/minet/corral/errdefs"
+	pb "github.com/minet/corral/proto/corral/v1"
+	"google.golang.org/protobuf/proto"
+)
+
+// Defaults for a Store; each is overridable in Config.
+const (
+	DefaultHeartbeatTimeout   = 1000 * time.Millisecond
+	DefaultElectionTimeout    = 1000 * time.Millisecond
+	DefaultLeaderLeaseTimeout = 500 * time.Millisecond
+	DefaultApplyTimeout       = 10 * time.Second
+	DefaultSnapshotThreshold  = 8192
+	DefaultTrailingLogs       = 10240
+)
+
+// Forwarder sends a command to the leader and returns its log index.
+type Forwarder func(ctx context.Context, leaderID, leaderAddr string, cmd *pb.Command) (uint64, error)
+
+// Config configures one Raft group.
+type Config struct {
+	Cluster  string
+	NodeID   string
+	Dir      string // data directory of this group on this node
+	RaftAddr string // host:port to bind and advertise
+
+	ServerTLS, ClientTLS *tls.Config // nil: plain TCP (tests only)
+
+	// Transport, when set, replaces the TCP transport (in-memory tests);
+	// InMemory then also keeps logs and snapshots in memory.
+	Transport raft.Transport
+	InMemory  bool
+
+	Bootstrap bool // form a new single-node cluster if there is no state
+	Forward   Forwarder
+	Logger    *slog.Logger
+	OnFatal   func(error)
+
+	HeartbeatTimeout, ElectionTimeout, LeaderLeaseTimeout time.Duration
+	SnapshotThreshold                                     uint64
+}
+
+// Store is one Raft group and its state.
+type Store struct {
+	cfg   Config
+	log   *slog.Logger
+	raft  *raft.Raft
+	fsm   *FSM
+	trans raft.Transport
+	close []func() error
+
+	obsMu     sync.Mutex
+	observers []chan bool
+}
+
+// Open starts (or restarts from cfg.Dir) a Raft group.
+func Open(cfg Config) (*Store, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	log := cfg.Logger.With("cluster", cfg.Cluster, "node", cfg.NodeID)
+	if cfg.OnFatal == nil {
+		cfg.OnFatal = func(err error) {
+			log.Error("stopping: raft log cannot be applied", "err", err)
+			os.Exit(70)
+		}
+	}
+	s := &Store{cfg: cfg, log: log, fsm: NewFSM(log, cfg.OnFatal)}
+
+	rc := raft.DefaultConfig()
+	rc.LocalID = raft.ServerID(cfg.NodeID)
+	rc.HeartbeatTimeout = orDur(cfg.HeartbeatTimeout, DefaultHeartbeatTimeout)
+	rc.ElectionTimeout = orDur(cfg.ElectionTimeout, DefaultElectionTimeout)
+	rc.LeaderLeaseTimeout = orDur(cfg.LeaderLeaseTimeout, DefaultLeaderLeaseTimeout)
+	rc.SnapshotThreshold = DefaultSnapshotThreshold
+	if cfg.SnapshotThreshold > 0 {
+		rc.SnapshotThreshold = cfg.SnapshotThreshold
+	}
+	rc.TrailingLogs = DefaultTrailingLogs
+	rc.MaxAppendEntries = 512
+	rc.BatchApplyCh = true
+	rc.PreVoteDisabled = false
+	rc.Logger = hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.Warn, Output: os.Stderr})
+
+	var (
+		logs   raft.LogStore
+		stable raft.StableStore
+		snaps  raft.SnapshotStore
+	)
+	if cfg.InMemory {
+		mem := raft.NewInmemStore()
+		logs, stable, snaps = mem, mem, raft.NewInmemSnapshotStore()
+	} else {
+		if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
+			return nil, fmt.Errorf("raft dir: %w", err)
+		}
+		bolt, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(cfg.Dir, "raft.db")})
+		if err != nil {
+			return nil, fmt.Errorf("open raft log %s: %w", cfg.Dir, err)
+		}
+		s.close = append(s.close, bolt.Close)
+		logs, stable = bolt, bolt
+		fs, err := raft.NewFileSnapshotStore(cfg.Dir, 2, io.Discard)
+		if err != nil {
+			s.closeAll()
+			return nil, fmt.Errorf("snapshot store: %w", err)
+		}
+		snaps = fs
+	}
+
+	trans := cfg.Transport
+	if trans == nil {
+		stream, err := newTLSStream(cfg.RaftAddr, cfg.ServerTLS, cfg.ClientTLS)
+		if err != nil {
+			s.closeAll()
+			return nil, err
+		}
+		nt := raft.NewNetworkTransport(stream, 8, 10*time.Second, io.Discard)
+		trans = nt
+		s.close = append(s.close, nt.Close)
+	}
+	s.trans = trans
+
+	existing, err := raft.HasExistingState(logs, stable, snaps)
+	if err != nil {
+		s.closeAll()
+		return nil, fmt.Errorf("raft state: %w", err)
+	}
+	r, err := raft.NewRaft(rc, s.fsm, logs, stable, snaps, trans)
+	if err != nil {
+		s.closeAll()
+		return nil, fmt.Errorf("start raft: %w", err)
+	}
+	s.raft = r
+	if cfg.Bootstrap && !existing {
+		f := r.BootstrapCluster(raft.Configuration{Servers: []raft.Server{{
+			ID: rc.LocalID, Address: trans.LocalAddr(), Suffrage: raft.Voter,
+		}}})
+		if err := f.Error(); err != nil {
+			s.Close()
+			return nil, fmt.Errorf("bootstrap: %w", err)
+		}
+	}
+	go s.watchLeadership()
+	return s, nil
+}
+
+func orDur(v, def time.Duration) time.Duration {
+	if v > 0 {
+		return v
+	}
+	return def
+}
+
+func (s *Store) closeAll() {
+	for i := len(s.close) - 1; i >= 0; i-- {
+		_ = s.close[i]()
+	}
+}
+
+// Close stops the Raft group (the data stays on disk).
+func (s *Store) Close() error {
+	var err error
+	if s.raft != nil {
+		err = s.raft.Shutdown().Error()
+	}
+	s.closeAll()
+	return err
+}
+
+// Cluster is the name of the group.
+func (s *Store) Cluster() string { return s.cfg.Cluster }
+
+// NodeID is this node's ID in the group.
+func (s *Store) NodeID() string { return s.cfg.NodeID }
+
+// Raft exposes the underlying raft for status and membership.
+func (s *Store) Raft() *raft.Raft { return s.raft }
+
+// FSM returns the state machine.
+func (s *Store) FSM() *FSM { return s.fsm }
+
+// Read runs fn on the local state under the read lock.
+func (s *Store) Read(fn func(*State)) { s.fsm.Read(fn) }
+
+// IsLeader reports whether this node leads the group.
+func (s *Store) IsLeader() bool { return s.raft.State() == raft.Leader }
+
+// Leader returns the leader's ID and raft address, empty if unknown.
+func (s *Store) Leader() (id, addr string) {
+	a, i := s.raft.LeaderWithID()
+	return string(i), string(a)
+}
+
+// Propose checks cmd against the local state, has the leader apply it and
+// waits until this node applied it. It returns the apply result.
+func (s *Store) Propose(ctx context.Context, cmd *pb.Command) (any, error) {
+	var err error
+	s.Read(func(st *State) { err = Check(st, cmd) })
+	if err != nil {
+		return nil, err
+	}
+	if s.IsLeader() {
+		v, _, err := s.ApplyLocal(ctx, cmd)
+		return v, err
+	}
+	id, addr := s.Leader()
+	if id == "" || s.cfg.Forward == nil {
+		return nil, errdefs.Unavailable("cluster %s has no leader right now (no quorum?): retry in a few seconds", s.cfg.Cluster)
+	}
+	idx, err := s.cfg.Forward(ctx, id, addr, cmd)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.WaitApplied(ctx, idx); err != nil {
+		return nil, err
+	}
+	return nil, nil
+}
+
+// ApplyLocal applies cmd through this node, which must be the leader.
+func (s *Store) ApplyLocal(ctx context.Context, cmd *pb.Command) (any, uint64, error) {
+	b, err := proto.Marshal(cmd)
+	if err != nil {
+		return nil, 0, fmt.Errorf("encode command: %w", err)
+	}
+	timeout := DefaultApplyTimeout
+	if dl, ok := ctx.Deadline(); ok {
+		timeout = time.Until(dl)
+	}
+	f := s.raft.Apply(b, timeout)
+	done := make(chan error, 1)
+	go func() { done <- f.Error() }()
+	select {
+	case err = <-done:
+	case <-ctx.Done():
+		return nil, 0, errdefs.Unavailable("cluster %s did not commit in time (no quorum?): %v", s.cfg.Cluster, ctx.Err())
+	}
+	if err != nil {
+		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) ||
+			errors.Is(err, raft.ErrEnqueueTimeout) || errors.Is(err, raft.ErrRaftShutdown) ||
+			errors.Is(err, raft.ErrLeadershipTransferInProgress) {
+			return nil, 0, errdefs.Unavailable("cluster %s: %v: retry in a few seconds", s.cfg.Cluster, err)
+		}
+		return nil, 0, fmt.Errorf("apply: %w", err)
+	}
+	res, _ := f.Response().(ApplyResult)
+	return res.Value, f.Index(), res.Err
+}
+
+// WaitApplied blocks until the local FSM applied index (or ctx ends).
+func (s *Store) WaitApplied(ctx context.Context, index uint64) error {
+	for {
+		applied, ch := s.fsm.Applied()
+		if applied >= index {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return errdefs.Unavailable("waiting for entry %d to apply locally: %v", index, ctx.Err())
+		}
+	}
+}
+
+// Watch returns the applied index and a channel closed at the next change:
+// the blocking-query primitive readers use instead of polling.
+func (s *Store) Watch() (uint64, <-chan struct{}) { return s.fsm.Applied() }
+
+// Barrier makes a leader's reads linearizable: it returns once every entry
+// committed before the call is applied locally.
+func (s *Store) Barrier(ctx context.Context) error {
+	if !s.IsLeader() {
+		return errdefs.Unavailable("not the leader")
+	}
+	if err := s.raft.VerifyLeader().Error(); err != nil {
+		return errdefs.Unavailable("leadership not confirmed: %v", err)
+	}
+	timeout := DefaultApplyTimeout
+	if dl, ok := ctx.Deadline(); ok {
+		timeout = time.Until(dl)
+	}
+	if err := s.raft.Barrier(timeout).Error(); err != nil {
+		return errdefs.Unavailable("barrier: %v", err)
+	}
+	return nil
+}
+
+// AddVoter adds a member (leader only). Witnesses are voters too: they
+// count for quorum; only the scheduler treats them differently.
+func (s *Store) AddVoter(id, addr string) error {
+	if err := s.raft.AddVoter(raft.ServerID(id), raft.ServerAddress(addr), 0, 10*time.Second).Error(); err != nil {
+		return errdefs.Unavailable("add %s to raft: %v", id, err)
+	}
+	return nil
+}
+
+// RemoveServer removes a member (leader only).
+func (s *Store) RemoveServer(id string) error {
+	if err := s.raft.RemoveServer(raft.ServerID(id), 0, 10*time.Second).Error(); err != nil {
+		return errdefs.Unavailable("remove %s from raft: %v", id, err)
+	}
+	return nil
+}
+
+// TransferLeadership hands leadership to id.
+func (s *Store) TransferLeadership(id, addr string) error {
+	return s.raft.LeadershipTransferToServer(raft.ServerID(id), raft.ServerAddress(addr)).Error()
+}
+
+// Servers returns the Raft configuration.
+func (s *Store) Servers() ([]raft.Server, error) {
+	f := s.raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return nil, err
+	}
+	return f.Configuration().Servers, nil
+}
+
+// ObserveLeadership returns a channel that receives true when this node
+// becomes leader and false when it stops being leader.
+func (s *Store) ObserveLeadership() <-chan bool {
+	ch := make(chan bool, 4)
+	s.obsMu.Lock()
+	s.observers = append(s.observers, ch)
+	s.obsMu.Unlock()
+	if s.IsLeader() {
+		ch <- true
+	}
+	return ch
+}
+
+func (s *Store) watchLeadership() {
+	for l := range s.raft.LeaderCh() {
+		s.log.Info("leadership changed", "leader", l)
+		s.obsMu.Lock()
+		for _, ch := range s.observers {
+			select {
+			case ch <- l:
+			default:
+				// A slow observer misses an edge; it re-checks IsLeader.
+			}
+		}
+		s.obsMu.Unlock()
+	}
+}
