@@ -193,8 +193,13 @@ func applyNodeHealth(s *State, c *pb.NodeHealthCommand, m Meta) any {
 		n.FencedUnixNano = m.Time
 		event(s, m, "ha.fence", n.Name, "ok", c.Reason)
 	case c.Unfence:
-		n.Fenced = false
+		n.Fenced, n.FenceClean = false, false
 		event(s, m, "ha.unfence", n.Name, "ok", c.Reason)
+	case c.Clean:
+		if n.Fenced && !n.FenceClean {
+			n.FenceClean = true
+			event(s, m, "ha.clean", n.Name, "ok", "fenced node destroyed its stale guests")
+		}
 	}
 	if prev != n.Health {
 		event(s, m, "node.health", n.Name, healthName(n.Health), c.Reason)

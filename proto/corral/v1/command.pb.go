@@ -529,9 +529,11 @@ type NodeHealthCommand struct {
 	Name   string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	Health NodeHealth             `protobuf:"varint,2,opt,name=health,proto3,enum=corral.v1.NodeHealth" json:"health,omitempty"`
 	// fence: set fenced (storage blocklist done); unfence: clear it.
-	Fence         bool   `protobuf:"varint,3,opt,name=fence,proto3" json:"fence,omitempty"`
-	Unfence       bool   `protobuf:"varint,4,opt,name=unfence,proto3" json:"unfence,omitempty"`
-	Reason        string `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`
+	Fence   bool   `protobuf:"varint,3,opt,name=fence,proto3" json:"fence,omitempty"`
+	Unfence bool   `protobuf:"varint,4,opt,name=unfence,proto3" json:"unfence,omitempty"`
+	Reason  string `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`
+	// clean: the (fenced) node reports it runs no stale guest any more.
+	Clean         bool `protobuf:"varint,6,opt,name=clean,proto3" json:"clean,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -599,6 +601,13 @@ func (x *NodeHealthCommand) GetReason() string {
 		return x.Reason
 	}
 	return ""
+}
+
+func (x *NodeHealthCommand) GetClean() bool {
+	if x != nil {
+		return x.Clean
+	}
+	return false
 }
 
 type VMCreateCommand struct {
@@ -1768,13 +1777,14 @@ const file_corral_v1_command_proto_rawDesc = "" +
 	"\x0fstorage_address\x18\x03 \x01(\tR\x0estorageAddress\"N\n" +
 	"\x16NodeMaintenanceCommand\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12 \n" +
-	"\vmaintenance\x18\x02 \x01(\bR\vmaintenance\"\x9e\x01\n" +
+	"\vmaintenance\x18\x02 \x01(\bR\vmaintenance\"\xb4\x01\n" +
 	"\x11NodeHealthCommand\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12-\n" +
 	"\x06health\x18\x02 \x01(\x0e2\x15.corral.v1.NodeHealthR\x06health\x12\x14\n" +
 	"\x05fence\x18\x03 \x01(\bR\x05fence\x12\x18\n" +
 	"\aunfence\x18\x04 \x01(\bR\aunfence\x12\x16\n" +
-	"\x06reason\x18\x05 \x01(\tR\x06reason\"0\n" +
+	"\x06reason\x18\x05 \x01(\tR\x06reason\x12\x14\n" +
+	"\x05clean\x18\x06 \x01(\bR\x05clean\"0\n" +
 	"\x0fVMCreateCommand\x12\x1d\n" +
 	"\x02vm\x18\x01 \x01(\v2\r.corral.v1.VMR\x02vm\"}\n" +
 	"\x0fVMUpdateCommand\x12\x12\n" +

@@ -451,8 +451,10 @@ type Node struct {
 	FencedUnixNano int64  `protobuf:"varint,11,opt,name=fenced_unix_nano,json=fencedUnixNano,proto3" json:"fenced_unix_nano,omitempty"`
 	StorageAddress string `protobuf:"bytes,12,opt,name=storage_address,json=storageAddress,proto3" json:"storage_address,omitempty"` // the IP Ceph sees for this node (fencing)
 	Ready          bool   `protobuf:"varint,13,opt,name=ready,proto3" json:"ready,omitempty"`                                        // the agent has reported an inventory
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// fence_clean: a fenced node reported it destroyed its stale guests.
+	FenceClean    bool `protobuf:"varint,14,opt,name=fence_clean,json=fenceClean,proto3" json:"fence_clean,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Node) Reset() {
@@ -572,6 +574,13 @@ func (x *Node) GetStorageAddress() string {
 func (x *Node) GetReady() bool {
 	if x != nil {
 		return x.Ready
+	}
+	return false
+}
+
+func (x *Node) GetFenceClean() bool {
+	if x != nil {
+		return x.FenceClean
 	}
 	return false
 }
@@ -2230,7 +2239,7 @@ const file_corral_v1_types_proto_rawDesc = "" +
 	"hypervisor\x12'\n" +
 	"\x0flibvirt_version\x18\x04 \x01(\tR\x0elibvirtVersion\x12!\n" +
 	"\fqemu_version\x18\x05 \x01(\tR\vqemuVersion\x12\x1a\n" +
-	"\bhostname\x18\x06 \x01(\tR\bhostname\"\xf0\x03\n" +
+	"\bhostname\x18\x06 \x01(\tR\bhostname\"\x91\x04\n" +
 	"\x04Node\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12'\n" +
 	"\x04role\x18\x02 \x01(\x0e2\x13.corral.v1.NodeRoleR\x04role\x12!\n" +
@@ -2246,7 +2255,9 @@ const file_corral_v1_types_proto_rawDesc = "" +
 	" \x01(\bR\x06fenced\x12(\n" +
 	"\x10fenced_unix_nano\x18\v \x01(\x03R\x0efencedUnixNano\x12'\n" +
 	"\x0fstorage_address\x18\f \x01(\tR\x0estorageAddress\x12\x14\n" +
-	"\x05ready\x18\r \x01(\bR\x05ready\"k\n" +
+	"\x05ready\x18\r \x01(\bR\x05ready\x12\x1f\n" +
+	"\vfence_clean\x18\x0e \x01(\bR\n" +
+	"fenceClean\"k\n" +
 	"\bDiskSpec\x12\x16\n" +
 	"\x06volume\x18\x01 \x01(\tR\x06volume\x12\x12\n" +
 	"\x04pool\x18\x02 \x01(\tR\x04pool\x12\x1b\n" +

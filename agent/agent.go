@@ -1,0 +1,358 @@
+// Package agent is the node reconcile loop. For every cluster this daemon
+// belongs to, it reads the replicated desired state, converges the local
+// hypervisor, bridges and volumes to it, and reports what it observes back
+// through Raft. It acts only on a state it knows is current (a read index
+// confirmed by the leader): a node cut off from its cluster changes
+// nothing, so its guests keep running and storage fencing keeps data safe.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/minet/corral/cluster"
+	"github.com/minet/corral/hypervisor"
+	pb "github.com/minet/corral/proto/corral/v1"
+	"github.com/minet/corral/raftstore"
+)
+
+// Defaults of the agent.
+const (
+	DefaultResync          = 2 * time.Second
+	DefaultInventoryEvery  = 30 * time.Second
+	DefaultShutdownTimeout = 30 * time.Second
+	DefaultCallTimeout     = 30 * time.Second
+)
+
+// Hypervisor is what the agent needs from a libvirt connection.
+type Hypervisor interface {
+	Host(ctx context.Context) (hypervisor.HostInfo, error)
+	Define(ctx context.Context, s hypervisor.Spec) error
+	Start(ctx context.Context, name string) error
+	Shutdown(ctx context.Context, name string, timeout time.Duration) error
+	Destroy(ctx context.Context, name string) error
+	Reboot(ctx context.Context, name string) error
+	Undefine(ctx context.Context, name string) error
+	List(ctx context.Context, cluster string) ([]hypervisor.Domain, error)
+	Events(ctx context.Context) (<-chan hypervisor.Event, error)
+	OpenConsole(ctx context.Context, name string) (io.ReadWriteCloser, error)
+	Disconnected() <-chan struct{}
+	Close() error
+}
+
+// Config configures an Agent.
+type Config struct {
+	Node      string
+	DataDir   string                                         // consoles, seeds, dir pools default
+	Dial      func(ctx context.Context) (Hypervisor, error)  // connects to the local libvirtd
+	Probe     func(ctx context.Context, h Hypervisor) string // "kvm" or "qemu"
+	Logger    *slog.Logger
+	Resync    time.Duration
+	Networks  NetworkConverger // nil: networks not managed on this node
+	Storage   StorageOpener    // nil: only file disks
+	Migration MigrationConfig
+}
+
+// Agent reconciles this node for every cluster of the manager.
+type Agent struct {
+	cfg Config
+	m   *cluster.Manager
+	log *slog.Logger
+
+	mu       sync.Mutex
+	hv       Hypervisor
+	hvType   string
+	kick     chan struct{}
+	vmMemory map[string]*vmMemo // key: cluster/vm
+
+	inventorySent map[string]string
+	netSent       map[string]string
+}
+
+// vmMemo is what the agent remembers of a VM between passes.
+type vmMemo struct {
+	definedGen  int64
+	bootedGen   int64
+	rebootSeq   int64
+	expectStop  bool
+	stopping    bool
+	lastReport  string
+	lastFailure string
+}
+
+// New returns an agent; Run starts it.
+func New(cfg Config, m *cluster.Manager) *Agent {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Resync == 0 {
+		cfg.Resync = DefaultResync
+	}
+	return &Agent{cfg: cfg, m: m, log: cfg.Logger.With("node", cfg.Node), kick: make(chan struct{}, 1),
+		vmMemory: map[string]*vmMemo{}, inventorySent: map[string]string{}, netSent: map[string]string{}}
+}
+
+// Kick asks for a reconcile pass soon.
+func (a *Agent) Kick() {
+	select {
+	case a.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (a *Agent) conn() Hypervisor {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.hv
+}
+
+// Run reconciles until ctx ends: at each state change, libvirt event, or
+// resync tick.
+func (a *Agent) Run(ctx context.Context) {
+	go a.connectLoop(ctx)
+	go a.watchStates(ctx)
+	go a.runTasks(ctx)
+	t := time.NewTicker(a.cfg.Resync)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-a.kick:
+		}
+		a.pass(ctx)
+	}
+}
+
+// watchStates kicks a pass whenever any group's state changes.
+func (a *Agent) watchStates(ctx context.Context) {
+	for {
+		var chans []<-chan struct{}
+		for _, g := range a.m.Groups() {
+			_, ch := g.Store.Watch()
+			chans = append(chans, ch)
+		}
+		if len(chans) == 0 {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(time.Second):
+				continue
+			}
+		}
+		agg := make(chan struct{}, 1)
+		stop := make(chan struct{})
+		for _, ch := range chans {
+			go func(ch <-chan struct{}) {
+				select {
+				case <-ch:
+					select {
+					case agg <- struct{}{}:
+					default:
+					}
+				case <-stop:
+				}
+			}(ch)
+		}
+		select {
+		case <-ctx.Done():
+			close(stop)
+			return
+		case <-agg:
+		case <-time.After(5 * time.Second): // groups may have been added
+		}
+		close(stop)
+		a.Kick()
+		// Coalesce bursts of applies into one pass.
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// connectLoop keeps a libvirt connection, reconnecting when libvirtd
+// restarts, and turns lifecycle events into passes.
+func (a *Agent) connectLoop(ctx context.Context) {
+	backoff := 200 * time.Millisecond
+	for ctx.Err() == nil {
+		hv, err := a.cfg.Dial(ctx)
+		if err != nil {
+			a.log.Warn("libvirt unreachable", "err", err)
+			a.reportInventory(ctx, nil)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(backoff*2, 5*time.Second)
+			continue
+		}
+		backoff = 200 * time.Millisecond
+		if a.hvType == "" {
+			a.hvType = "qemu"
+			if a.cfg.Probe != nil {
+				a.hvType = a.cfg.Probe(ctx, hv)
+			}
+			a.log.Info("hypervisor type", "type", a.hvType)
+		}
+		evs, err := hv.Events(ctx)
+		if err != nil {
+			a.log.Warn("libvirt events", "err", err)
+			hv.Close()
+			continue
+		}
+		a.mu.Lock()
+		a.hv = hv
+		a.mu.Unlock()
+		a.log.Info("connected to libvirt")
+		a.reportInventory(ctx, hv)
+		a.Kick()
+		inv := time.NewTicker(DefaultInventoryEvery)
+	loop:
+		for {
+			select {
+			case <-ctx.Done():
+				inv.Stop()
+				hv.Close()
+				return
+			case <-hv.Disconnected():
+				break loop
+			case ev, ok := <-evs:
+				if !ok {
+					break loop
+				}
+				a.log.Debug("libvirt event", "domain", ev.Name, "kind", ev.Kind)
+				a.Kick()
+			case <-inv.C:
+				a.reportInventory(ctx, hv)
+			}
+		}
+		inv.Stop()
+		a.mu.Lock()
+		a.hv = nil
+		a.mu.Unlock()
+		hv.Close()
+		a.log.Warn("libvirt connection lost; reconnecting")
+		a.reportInventory(ctx, nil)
+	}
+}
+
+// reportInventory proposes this node's inventory to every group when it
+// changed; a nil hypervisor reports the node not ready (libvirt down), so
+// the scheduler places nothing here.
+func (a *Agent) reportInventory(ctx context.Context, hv Hypervisor) {
+	var inv *pb.Inventory
+	if hv != nil {
+		cctx, cancel := context.WithTimeout(ctx, DefaultCallTimeout)
+		h, err := hv.Host(cctx)
+		cancel()
+		if err != nil {
+			a.log.Warn("host info", "err", err)
+		} else {
+			inv = &pb.Inventory{Cpus: int32(h.CPUs), MemoryMib: int64(h.MemoryMiB), Hypervisor: a.hvType,
+				LibvirtVersion: h.LibvirtVersion, QemuVersion: h.QEMUVersion, Hostname: h.Hostname}
+		}
+	}
+	for _, g := range a.m.Groups() {
+		if g.Role == pb.NodeRole_NODE_ROLE_WITNESS {
+			continue
+		}
+		key := inv.String()
+		a.mu.Lock()
+		same := a.inventorySent[g.Name] == key && key != ""
+		a.mu.Unlock()
+		if same {
+			continue
+		}
+		var cur *pb.Node
+		g.Store.Read(func(s *raftstore.State) { cur = s.Nodes[a.cfg.Node] })
+		if cur == nil {
+			continue
+		}
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		_, err := g.Propose(cctx, pb.CommandType_COMMAND_TYPE_NODE_INVENTORY, &pb.NodeInventoryCommand{
+			Name: a.cfg.Node, Inventory: inv, StorageAddress: a.m.AdvertiseIP(),
+		}, "node:"+a.cfg.Node)
+		cancel()
+		if err == nil {
+			a.mu.Lock()
+			a.inventorySent[g.Name] = key
+			a.mu.Unlock()
+		}
+	}
+}
+
+// pass reconciles every group once.
+func (a *Agent) pass(ctx context.Context) {
+	if a.cfg.Networks != nil {
+		a.convergeNetworks(ctx)
+	}
+	hv := a.conn()
+	for _, g := range a.m.Groups() {
+		if g.Role == pb.NodeRole_NODE_ROLE_WITNESS {
+			continue
+		}
+		// Only act on a state confirmed current by the leader: without a
+		// quorum, do nothing at all (no self-fencing, guests keep running).
+		sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		err := a.m.ReadIndex(sctx, g)
+		cancel()
+		if err != nil {
+			a.log.Debug("state not confirmed; not acting", "cluster", g.Name, "err", err)
+			continue
+		}
+		if hv == nil {
+			continue
+		}
+		if err := a.reconcileVMs(ctx, g, hv); err != nil {
+			a.log.Warn("reconcile", "cluster", g.Name, "err", err)
+		}
+	}
+}
+
+func (a *Agent) memo(cluster, vm string) *vmMemo {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	k := cluster + "/" + vm
+	m, ok := a.vmMemory[k]
+	if !ok {
+		m = &vmMemo{definedGen: -1, rebootSeq: -1}
+		a.vmMemory[k] = m
+	}
+	return m
+}
+
+func (a *Agent) forget(cluster, vm string) {
+	a.mu.Lock()
+	delete(a.vmMemory, cluster+"/"+vm)
+	a.mu.Unlock()
+}
+
+// DomainName is the libvirt name of a VM: clusters may reuse VM names.
+func DomainName(cluster, vm string) string { return cluster + "-" + vm }
+
+// ConsoleLog is where a VM's serial output is kept on its node.
+func (a *Agent) ConsoleLog(cluster, vm string) string {
+	return filepath.Join(a.cfg.DataDir, "console", cluster, vm+".log")
+}
+
+func (a *Agent) ensureDirs(cluster string) error {
+	return os.MkdirAll(filepath.Join(a.cfg.DataDir, "console", cluster), 0o750)
+}
+
+var errNotHere = errors.New("vm does not run on this node")
+
+func (a *Agent) actor() string { return "node:" + a.cfg.Node }
+
+func wrapf(err error, format string, args ...any) error {
+	if err == nil {
+		return nil
+	}
+	return fmt.Errorf(format+": %w", append(args, err)...)
+}

@@ -1,0 +1,254 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/minet/corral/cluster"
+	"github.com/minet/corral/hypervisor"
+	pb "github.com/minet/corral/proto/corral/v1"
+	"github.com/minet/corral/raftstore"
+	"google.golang.org/protobuf/proto"
+)
+
+// reconcileVMs converges libvirt to the VMs of one group placed here.
+func (a *Agent) reconcileVMs(ctx context.Context, g *cluster.Group, hv Hypervisor) error {
+	if err := a.ensureDirs(g.Name); err != nil {
+		return err
+	}
+	var (
+		mine   []*pb.VM
+		all    map[string]*pb.VM
+		nets   map[string]*pb.Network
+		state  *raftstore.State
+		fenced bool
+		clean  bool
+	)
+	g.Store.Read(func(s *raftstore.State) {
+		state = s
+		all = s.VMs
+		nets = s.Networks
+		for _, v := range s.SortedVMs() {
+			if v.Node == a.cfg.Node {
+				mine = append(mine, v)
+			}
+		}
+		if n, ok := s.Nodes[a.cfg.Node]; ok {
+			fenced, clean = n.Fenced, n.FenceClean
+		}
+	})
+	lctx, cancel := context.WithTimeout(ctx, DefaultCallTimeout)
+	doms, err := hv.List(lctx, g.Name)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("list domains: %w", err)
+	}
+	byName := map[string]hypervisor.Domain{}
+	for _, d := range doms {
+		byName[d.Name] = d
+	}
+
+	// Domains of this cluster that the state does not place here are stale
+	// copies (the VM failed over while this node was cut off, was deleted,
+	// or moved): destroy them without letting them write further.
+	for _, d := range doms {
+		v, ok := all[d.VMID]
+		if ok && (v.Node == a.cfg.Node || v.MigratingTo == a.cfg.Node) {
+			continue
+		}
+		if ok && v.Node != a.cfg.Node && v.MigratingTo == "" && d.State == hypervisor.StateRunning && !fenced {
+			// Placed elsewhere but still running here and we are not
+			// fenced: a live migration may just have finished; let its
+			// task settle before destroying.
+			if v.TaskId != "" {
+				continue
+			}
+		}
+		a.log.Warn("removing stale domain", "cluster", g.Name, "vm", d.VMID, "state", d.State)
+		cctx, cancel := context.WithTimeout(ctx, DefaultCallTimeout)
+		if err := hv.Undefine(cctx, d.Name); err != nil {
+			a.log.Error("remove stale domain", "vm", d.VMID, "err", err)
+		}
+		cancel()
+		a.forget(g.Name, d.VMID)
+	}
+	if fenced {
+		// A fenced node runs nothing until the leader unfences it; once
+		// its stale guests are gone it says so, and the leader removes
+		// its blocklist entry.
+		if !clean {
+			lctx, cancel := context.WithTimeout(ctx, DefaultCallTimeout)
+			left, err := hv.List(lctx, g.Name)
+			cancel()
+			if err == nil && len(left) == 0 {
+				a.log.Info("fenced: no stale guest left; reporting clean", "cluster", g.Name)
+				cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+				_, _ = g.Propose(cctx, pb.CommandType_COMMAND_TYPE_NODE_HEALTH, &pb.NodeHealthCommand{Name: a.cfg.Node, Clean: true}, a.actor())
+				cancel()
+			}
+		}
+		return nil
+	}
+	for _, v := range mine {
+		if v.MigratingTo != "" {
+			continue // the migration task owns it
+		}
+		d, exists := byName[DomainName(g.Name, v.Name)]
+		a.reconcileVM(ctx, g, hv, state, nets, v, d, exists)
+	}
+	return nil
+}
+
+func (a *Agent) reconcileVM(ctx context.Context, g *cluster.Group, hv Hypervisor, st *raftstore.State, nets map[string]*pb.Network, v *pb.VM, d hypervisor.Domain, exists bool) {
+	name := DomainName(g.Name, v.Name)
+	memo := a.memo(g.Name, v.Name)
+	cctx, cancel := context.WithTimeout(ctx, DefaultCallTimeout)
+	defer cancel()
+
+	if v.Deleting {
+		if exists {
+			if err := hv.Undefine(cctx, name); err != nil {
+				a.report(ctx, g, v, pb.VMState_VM_STATE_ERROR, "delete: "+err.Error(), d, false)
+				return
+			}
+		}
+		a.deleteDisks(ctx, g, v)
+		_ = os.Remove(a.ConsoleLog(g.Name, v.Name))
+		if _, err := g.Propose(ctx, pb.CommandType_COMMAND_TYPE_VM_REMOVE, &pb.VMRemoveCommand{Name: v.Name, Node: a.cfg.Node}, a.actor()); err == nil {
+			a.forget(g.Name, v.Name)
+		}
+		return
+	}
+
+	running := exists && (d.State == hypervisor.StateRunning || d.State == hypervisor.StatePaused)
+	if !exists || memo.definedGen != v.Generation {
+		spec, err := a.domainSpec(cctx, g, st, nets, v)
+		if err == nil {
+			err = hv.Define(cctx, spec)
+		}
+		if err != nil {
+			a.report(ctx, g, v, pb.VMState_VM_STATE_ERROR, "define: "+err.Error(), d, false)
+			return
+		}
+		memo.definedGen = v.Generation
+		if !exists {
+			memo.bootedGen = v.Generation
+		}
+	}
+	if memo.rebootSeq < 0 {
+		memo.rebootSeq = v.RebootSeq
+	}
+
+	want := v.Power == pb.PowerState_POWER_STATE_RUNNING
+	switch {
+	case want && !running:
+		if memo.expectStop || !exists || d.State != hypervisor.StateCrashed {
+			memo.expectStop = false
+		}
+		if v.Status.GetState() == pb.VMState_VM_STATE_ERROR && v.Status.GetObservedGeneration() == v.Generation && memo.lastFailure != "" {
+			return // do not hammer a start that fails; a new start clears it
+		}
+		if exists && d.State == hypervisor.StateStopped && v.Status.GetState() == pb.VMState_VM_STATE_RUNNING && !memo.expectStop && v.Spec.GetHa() != pb.HAMode_HA_MODE_RESTART {
+			// The guest stopped by itself (or was destroyed from outside):
+			// like Proxmox without HA, it stays off; report it.
+			a.report(ctx, g, v, pb.VMState_VM_STATE_STOPPED, "stopped outside corral: "+d.Reason, d, true)
+			return
+		}
+		a.report(ctx, g, v, pb.VMState_VM_STATE_STARTING, "", d, false)
+		if err := a.prepareStart(cctx, g, v); err != nil {
+			memo.lastFailure = err.Error()
+			a.report(ctx, g, v, pb.VMState_VM_STATE_ERROR, "start: "+err.Error(), d, false)
+			return
+		}
+		if err := hv.Start(cctx, name); err != nil {
+			memo.lastFailure = err.Error()
+			a.report(ctx, g, v, pb.VMState_VM_STATE_ERROR, "start: "+err.Error(), d, false)
+			return
+		}
+		memo.lastFailure = ""
+		memo.bootedGen = memo.definedGen
+		memo.rebootSeq = v.RebootSeq
+		d.State = hypervisor.StateRunning
+		a.report(ctx, g, v, pb.VMState_VM_STATE_RUNNING, "", d, false)
+	case !want && running:
+		if memo.stopping {
+			return
+		}
+		memo.stopping, memo.expectStop = true, true
+		a.report(ctx, g, v, pb.VMState_VM_STATE_STOPPING, "", d, false)
+		force := v.ForceStop
+		go func() {
+			sctx, cancel := context.WithTimeout(context.Background(), DefaultShutdownTimeout+DefaultCallTimeout)
+			defer cancel()
+			var err error
+			if force {
+				err = hv.Destroy(sctx, name)
+			} else {
+				err = hv.Shutdown(sctx, name, DefaultShutdownTimeout)
+			}
+			if err != nil {
+				a.log.Error("stop", "cluster", g.Name, "vm", v.Name, "err", err)
+			}
+			memo.stopping = false
+			a.Kick()
+		}()
+	case want && running:
+		if v.RebootSeq > memo.rebootSeq {
+			memo.rebootSeq = v.RebootSeq
+			var err error
+			if memo.bootedGen != v.Generation {
+				// A changed config applies at the next boot: cold reboot.
+				memo.expectStop = true
+				if err = hv.Destroy(cctx, name); err == nil {
+					err = hv.Start(cctx, name)
+				}
+				memo.bootedGen = v.Generation
+			} else {
+				err = hv.Reboot(cctx, name)
+			}
+			if err != nil {
+				a.report(ctx, g, v, pb.VMState_VM_STATE_ERROR, "reboot: "+err.Error(), d, false)
+				return
+			}
+			a.report(ctx, g, v, pb.VMState_VM_STATE_RUNNING, "rebooted", d, true)
+			return
+		}
+		state := pb.VMState_VM_STATE_RUNNING
+		if d.State == hypervisor.StatePaused {
+			state = pb.VMState_VM_STATE_PAUSED
+		}
+		a.report(ctx, g, v, state, "", d, false)
+	default: // stopped and should be
+		memo.expectStop = false
+		a.report(ctx, g, v, pb.VMState_VM_STATE_STOPPED, "", d, false)
+	}
+}
+
+// report proposes the observed status when it changed.
+func (a *Agent) report(ctx context.Context, g *cluster.Group, v *pb.VM, st pb.VMState, reason string, d hypervisor.Domain, force bool) {
+	memo := a.memo(g.Name, v.Name)
+	status := &pb.VMStatus{State: st, Reason: reason, Node: a.cfg.Node, ObservedGeneration: v.Generation}
+	key := status.String()
+	cur := v.Status
+	if !force && memo.lastReport == key && cur.GetState() == st && cur.GetObservedGeneration() == v.Generation {
+		return
+	}
+	if !force && cur.GetState() == st && cur.GetReason() == reason && cur.GetObservedGeneration() == v.Generation && cur.GetNode() == a.cfg.Node {
+		memo.lastReport = key
+		return
+	}
+	status.CpuTimeNs, status.MemoryKib = d.CPUTimeNs, d.MemoryKiB
+	stoppedByGuest := force && st == pb.VMState_VM_STATE_STOPPED
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	_, err := g.Propose(cctx, pb.CommandType_COMMAND_TYPE_VM_STATUS, &pb.VMStatusCommand{
+		Name: v.Name, Node: a.cfg.Node, Status: proto.Clone(status).(*pb.VMStatus), StoppedByGuest: stoppedByGuest,
+	}, a.actor())
+	if err != nil {
+		a.log.Warn("report status", "cluster", g.Name, "vm", v.Name, "err", err)
+		return
+	}
+	memo.lastReport = key
+}

@@ -1,0 +1,301 @@
+// Package ha restarts the VMs of a lost node elsewhere. It runs on every
+// daemon but acts only where this node leads a cluster (and never on a
+// witness while a voter could lead): it turns heartbeat silence into
+// suspect and down, fences the lost node on storage (a Ceph blocklist entry
+// with a long expiry) before anything else, and only then re-places its HA
+// VMs. Every decision is recorded as an event through Raft.
+package ha
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sort"
+	"time"
+
+	"github.com/minet/corral/cluster"
+	"github.com/minet/corral/pki"
+	pb "github.com/minet/corral/proto/corral/v1"
+	"github.com/minet/corral/raftstore"
+	"github.com/minet/corral/scheduler"
+	"github.com/minet/corral/storage/rbd"
+)
+
+// Defaults of the HA loop.
+const (
+	DefaultTick         = 250 * time.Millisecond
+	DefaultFenceExpiry  = 30 * 24 * time.Hour
+	DefaultFenceTimeout = 15 * time.Second
+)
+
+// Fencer blocklists and unblocklists a node's storage address.
+type Fencer interface {
+	Fence(ctx context.Context, g *cluster.Group, pools []*pb.StoragePool, addr string) error
+	Unfence(ctx context.Context, g *cluster.Group, pools []*pb.StoragePool, addr string) error
+}
+
+// HA is the failure detector and restarter.
+type HA struct {
+	m      *cluster.Manager
+	log    *slog.Logger
+	fencer Fencer
+	now    func() time.Time
+}
+
+// New returns an HA loop fencing through Ceph.
+func New(m *cluster.Manager, log *slog.Logger) *HA {
+	return &HA{m: m, log: log, fencer: cephFencer{}, now: time.Now}
+}
+
+// Run checks every cluster this node leads at each tick until ctx ends.
+func (h *HA) Run(ctx context.Context) {
+	t := time.NewTicker(DefaultTick)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		for _, g := range h.m.Groups() {
+			if g.Store.IsLeader() && g.Role != pb.NodeRole_NODE_ROLE_WITNESS {
+				h.check(ctx, g)
+			}
+		}
+	}
+}
+
+func (h *HA) check(ctx context.Context, g *cluster.Group) {
+	var (
+		st       *raftstore.State
+		settings *pb.Settings
+	)
+	g.Store.Read(func(s *raftstore.State) { st, settings = s, s.Settings() })
+	now := h.now()
+	since := g.LeaderSince()
+	if since.IsZero() {
+		return
+	}
+	suspectAfter := time.Duration(settings.SuspectAfterMs) * time.Millisecond
+	downAfter := time.Duration(settings.DownAfterMs) * time.Millisecond
+	for _, n := range st.SortedNodes() {
+		if n.Name == h.m.NodeName() {
+			continue
+		}
+		last, ok := g.LastHeartbeat(n.Name)
+		if !ok || last.Before(since) {
+			// Count silence from when this node became leader.
+			last = since
+		}
+		silent := now.Sub(last)
+		switch {
+		case silent < suspectAfter:
+			h.alive(ctx, g, st, n)
+		case silent < downAfter:
+			if n.Health == pb.NodeHealth_NODE_HEALTH_READY {
+				h.health(ctx, g, &pb.NodeHealthCommand{Name: n.Name, Health: pb.NodeHealth_NODE_HEALTH_SUSPECT,
+					Reason: fmt.Sprintf("no heartbeat for %s", silent.Round(time.Millisecond))})
+			}
+		default:
+			h.down(ctx, g, st, n, silent)
+		}
+	}
+	h.restart(ctx, g, st, settings)
+}
+
+func (h *HA) health(ctx context.Context, g *cluster.Group, c *pb.NodeHealthCommand) error {
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	_, err := g.Propose(cctx, pb.CommandType_COMMAND_TYPE_NODE_HEALTH, c, "ha")
+	if err != nil {
+		h.log.Warn("ha: node health", "cluster", g.Name, "node", c.Name, "err", err)
+	}
+	return err
+}
+
+// alive handles a node that heartbeats: back to ready, and a fenced node
+// that reported itself clean is unblocklisted, then unfenced.
+func (h *HA) alive(ctx context.Context, g *cluster.Group, st *raftstore.State, n *pb.Node) {
+	if n.Fenced {
+		if !n.FenceClean {
+			return // it must first destroy its stale guests
+		}
+		fctx, cancel := context.WithTimeout(ctx, DefaultFenceTimeout)
+		err := h.fencer.Unfence(fctx, g, rbdPools(st), n.StorageAddress)
+		cancel()
+		if err != nil {
+			h.log.Error("ha: unblocklist", "cluster", g.Name, "node", n.Name, "err", err)
+			return
+		}
+		_ = h.health(ctx, g, &pb.NodeHealthCommand{Name: n.Name, Health: pb.NodeHealth_NODE_HEALTH_READY, Unfence: true,
+			Reason: "node came back clean; storage blocklist entry removed"})
+		return
+	}
+	if n.Health != pb.NodeHealth_NODE_HEALTH_READY {
+		_ = h.health(ctx, g, &pb.NodeHealthCommand{Name: n.Name, Health: pb.NodeHealth_NODE_HEALTH_READY, Reason: "heartbeat resumed"})
+	}
+}
+
+// down declares a node down and fences it before anything of it restarts.
+func (h *HA) down(ctx context.Context, g *cluster.Group, st *raftstore.State, n *pb.Node, silent time.Duration) {
+	if n.Health != pb.NodeHealth_NODE_HEALTH_DOWN {
+		if h.health(ctx, g, &pb.NodeHealthCommand{Name: n.Name, Health: pb.NodeHealth_NODE_HEALTH_DOWN,
+			Reason: fmt.Sprintf("no heartbeat for %s", silent.Round(time.Millisecond))}) != nil {
+			return
+		}
+	}
+	if n.Fenced || n.Role == pb.NodeRole_NODE_ROLE_WITNESS {
+		return
+	}
+	if !needsFence(st, n.Name) {
+		return
+	}
+	// Confirm leadership right before the irreversible step: a leader cut
+	// off from the rest must not fence anybody.
+	bctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	err := g.Store.Barrier(bctx)
+	cancel()
+	if err != nil {
+		return
+	}
+	fctx, cancel := context.WithTimeout(ctx, DefaultFenceTimeout)
+	err = h.fencer.Fence(fctx, g, rbdPools(st), n.StorageAddress)
+	cancel()
+	if err != nil {
+		h.log.Error("ha: fence failed; not restarting its VMs", "cluster", g.Name, "node", n.Name, "err", err)
+		return
+	}
+	_ = h.health(ctx, g, &pb.NodeHealthCommand{Name: n.Name, Fence: true,
+		Reason: fmt.Sprintf("blocklisted %s on storage", n.StorageAddress)})
+}
+
+// needsFence: only a node holding HA VMs needs fencing to restart them.
+func needsFence(st *raftstore.State, node string) bool {
+	for _, v := range st.VMs {
+		if v.Node == node && v.Spec.GetHa() == pb.HAMode_HA_MODE_RESTART && v.Power == pb.PowerState_POWER_STATE_RUNNING {
+			return true
+		}
+	}
+	return false
+}
+
+func rbdPools(st *raftstore.State) []*pb.StoragePool {
+	var out []*pb.StoragePool
+	for _, p := range st.SortedPools() {
+		if p.Kind == "rbd" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// restart re-places the HA VMs of fenced nodes, by priority.
+func (h *HA) restart(ctx context.Context, g *cluster.Group, st *raftstore.State, settings *pb.Settings) {
+	var victims []*pb.VM
+	for _, v := range st.SortedVMs() {
+		n, ok := st.Nodes[v.Node]
+		if !ok || !n.Fenced || v.Spec.GetHa() != pb.HAMode_HA_MODE_RESTART || v.Power != pb.PowerState_POWER_STATE_RUNNING {
+			continue
+		}
+		victims = append(victims, v)
+	}
+	if len(victims) == 0 {
+		return
+	}
+	sort.SliceStable(victims, func(i, j int) bool { return victims[i].Spec.HaPriority > victims[j].Spec.HaPriority })
+	snap := st.SchedulerSnapshot()
+	window := time.Duration(settings.RestartWindowMs) * time.Millisecond
+	now := h.now()
+	for _, v := range victims {
+		recent := 0
+		for _, t := range v.RestartsUnixNano {
+			if now.Sub(time.Unix(0, t)) < window {
+				recent++
+			}
+		}
+		cmd := &pb.VMFailoverCommand{Name: v.Name, From: v.Node}
+		if int32(recent) >= settings.MaxRestarts {
+			cmd.GiveUp = true
+			cmd.Reason = fmt.Sprintf("restarted %d times within %s: giving up", recent, window)
+		} else {
+			req := scheduler.Request{VM: raftstore.SchedulerVM(v), Exclude: []string{v.Node}, Priority: int(v.Spec.HaPriority)}
+			req.VM.Node = ""
+			if grp := v.Spec.HaGroup; grp != "" {
+				req.Preferred = splitGroup(grp)
+			}
+			dec, err := scheduler.Place(snap, req)
+			if err != nil {
+				h.log.Warn("ha: no room to restart", "cluster", g.Name, "vm", v.Name, "err", err)
+				continue
+			}
+			placed := req.VM
+			placed.Node = dec.Node
+			snap.Commit(placed)
+			cmd.To = dec.Node
+			cmd.Reason = fmt.Sprintf("node %s lost and fenced", v.Node)
+		}
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		_, err := g.Propose(cctx, pb.CommandType_COMMAND_TYPE_VM_FAILOVER, cmd, "ha")
+		cancel()
+		if err != nil {
+			h.log.Warn("ha: failover", "cluster", g.Name, "vm", v.Name, "err", err)
+		} else {
+			h.log.Info("ha: failover", "cluster", g.Name, "vm", v.Name, "from", v.Node, "to", cmd.To, "give_up", cmd.GiveUp)
+		}
+	}
+}
+
+func splitGroup(s string) []string {
+	var out []string
+	start := 0
+	for i := 0; i <= len(s); i++ {
+		if i == len(s) || s[i] == ',' {
+			if i > start {
+				out = append(out, s[start:i])
+			}
+			start = i + 1
+		}
+	}
+	return out
+}
+
+// cephFencer blocklists on every RBD pool's Ceph cluster.
+type cephFencer struct{}
+
+func openPool(ctx context.Context, g *cluster.Group, p *pb.StoragePool) (*rbd.Pool, error) {
+	key, err := pki.Unseal(g.SealKey, p.SealedKey)
+	if err != nil {
+		return nil, fmt.Errorf("unseal key of %s: %w", p.Name, err)
+	}
+	return rbd.Open(ctx, rbd.Config{Monitors: p.Monitors, User: p.User, Key: string(key), Pool: p.CephPool})
+}
+
+func (cephFencer) Fence(ctx context.Context, g *cluster.Group, pools []*pb.StoragePool, addr string) error {
+	for _, p := range pools {
+		pool, err := openPool(ctx, g, p)
+		if err != nil {
+			return err
+		}
+		err = pool.Blocklist(ctx, addr, DefaultFenceExpiry)
+		pool.Close()
+		if err != nil {
+			return fmt.Errorf("blocklist %s on %s: %w", addr, p.Name, err)
+		}
+	}
+	return nil
+}
+
+func (cephFencer) Unfence(ctx context.Context, g *cluster.Group, pools []*pb.StoragePool, addr string) error {
+	for _, p := range pools {
+		pool, err := openPool(ctx, g, p)
+		if err != nil {
+			return err
+		}
+		err = pool.Unblocklist(ctx, addr)
+		pool.Close()
+		if err != nil {
+			return fmt.Errorf("unblocklist %s on %s: %w", addr, p.Name, err)
+		}
+	}
+	return nil
+}
