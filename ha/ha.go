@@ -218,7 +218,7 @@ func (h *HA) restart(ctx context.Context, g *cluster.Group, st *raftstore.State,
 			cmd.GiveUp = true
 			cmd.Reason = fmt.Sprintf("restarted %d times within %s: giving up", recent, window)
 		} else {
-			req := scheduler.Request{VM: raftstore.SchedulerVM(v), Exclude: []string{v.Node}, Priority: int(v.Spec.HaPriority)}
+			req := scheduler.Request{VM: raftstore.SchedulerVM(v), Exclude: []string{v.Node}, Priority: int(v.Spec.HaPriority), Brief: true}
 			req.VM.Node = ""
 			if grp := v.Spec.HaGroup; grp != "" {
 				req.Preferred = splitGroup(grp)
