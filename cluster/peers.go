@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"net"
+	"strings"
 	"time"
 
 	"github.com/minet/corral/errdefs"
@@ -10,7 +11,9 @@ import (
 	pb "github.com/minet/corral/proto/corral/v1"
 	"github.com/minet/corral/raftstore"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
 )
 
 func (m *Manager) dial(ctx context.Context, addr string, creds credentials.TransportCredentials) (*grpc.ClientConn, error) {
@@ -76,6 +79,9 @@ func (m *Manager) forwarder(cluster string) raftstore.Forwarder {
 			return 0, err
 		}
 		resp, err := pb.NewClusterServiceClient(conn).Propose(ctx, &pb.ProposeRequest{Cluster: cluster, Command: cmd})
+		if st, ok := status.FromError(err); ok && st.Code() == codes.Unavailable && !strings.HasPrefix(st.Message(), "cluster ") {
+			return 0, errdefs.Unavailable("cluster %s: leader %s unreachable (%s): the cluster may have lost quorum; retry in a few seconds", cluster, leaderID, st.Message())
+		}
 		if err != nil {
 			return 0, err
 		}
