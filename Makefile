@@ -53,12 +53,10 @@ demo: build
 demo-stop:
 	@sh scripts/demo.sh stop
 
-# Benchmarks: Go benchmarks of the pure parts and of real components, then
-# whole-cluster figures (raft writes/s, VM create to ready, failover,
-# migration) from corral-bench on a lab.
+# Benchmarks (go test -bench): the scheduler and FSM, and real-component
+# figures (OVS/Linux bridge convergence, RBD clone vs copy) on a lab.
 bench: build
 	$(GO) test -run '^$$' -bench . -benchtime 3x ./scheduler/ ./raftstore/ ./netbridge/ ./storage/rbd/
-	$(BIN)/corral-bench
 
 clean:
 	rm -rf $(BIN)

@@ -1,0 +1,157 @@
+package integration
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/minet/corral/internal/testenv"
+)
+
+func TestVMLifecycle(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	defer cancel()
+	bins, err := testenv.Build()
+	if err != nil {
+		t.Fatal(err)
+	}
+	lab := testenv.New(t, testenv.Options{})
+	kernel, initrd, err := testenv.BuildGuest(filepath.Join(lab.Dir, "guest"), testenv.GuestOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodes := map[string]*testenv.Corrald{}
+	libv := map[string]*testenv.Libvirtd{}
+	for _, name := range []string{"n1", "n2", "n3"} {
+		h, err := lab.AddHost(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d, err := h.StartLibvirtd(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		libv[name] = d
+		c, err := h.StartCorrald(ctx, bins, testenv.CorraldOptions{Libvirt: d})
+		if err != nil {
+			t.Fatal(err)
+		}
+		nodes[name] = c
+	}
+	if err := testenv.FormCluster(ctx, "prod", []*testenv.Corrald{nodes["n1"], nodes["n2"], nodes["n3"]}, nil); err != nil {
+		t.Fatal(err)
+	}
+	cli := func(node string, args ...string) (string, error) {
+		return nodes[node].CLI(ctx, append([]string{"--cluster", "prod"}, args...)...)
+	}
+	must := func(node string, args ...string) string {
+		t.Helper()
+		out, err := cli(node, args...)
+		if err != nil {
+			t.Fatalf("corral %v: %v\n%s", args, err, out)
+		}
+		return out
+	}
+	eventually(t, 60*time.Second, "all nodes ready", func() (bool, string) {
+		out, _ := cli("n1", "node", "list", "-o", "json")
+		return strings.Count(strings.ReplaceAll(out, " ", ""), `"ready":true`) == 3, out
+	})
+
+	base := []string{"--vcpus", "1", "--memory", "192", "--kernel", kernel, "--initrd", initrd, "--cmdline", "console=ttyS0 quiet"}
+	// Dry run shows the choice and why not elsewhere.
+	out := must("n2", append([]string{"vm", "create", "web", "--dry-run"}, base...)...)
+	for _, n := range []string{"n1", "n2", "n3"} {
+		if !strings.Contains(out, n) {
+			t.Fatalf("dry run lacks %s:\n%s", n, out)
+		}
+	}
+	// Bad input: clear errors and nothing left behind.
+	bad := map[string][]string{
+		"not found":       append([]string{"vm", "create", "bad1", "--node", "nope"}, base...),
+		"no node can":     {"vm", "create", "bad2", "--vcpus", "1", "--memory", "900000", "--kernel", kernel},
+		"kernel":          {"vm", "create", "bad3", "--vcpus", "1", "--memory", "192", "--kernel", "/nonexistent/vmlinuz"},
+		"invalid vm name": append([]string{"vm", "create", "Bad_Name"}, base...),
+	}
+	for want, args := range bad {
+		out, err := cli("n1", args...)
+		if err == nil || !strings.Contains(out, want) {
+			t.Errorf("%v: want error containing %q, got err=%v\n%s", args, want, err, out)
+		}
+	}
+	out = must("n1", "vm", "list")
+	if strings.Contains(out, "bad") {
+		t.Fatalf("half-created VM left behind:\n%s", out)
+	}
+
+	start := time.Now()
+	must("n2", append([]string{"vm", "create", "web", "--node", "n3"}, base...)...)
+	if out, err := cli("n1", append([]string{"vm", "create", "web"}, base...)...); err == nil || !strings.Contains(out, "already exists") {
+		t.Fatalf("duplicate name: %v\n%s", err, out)
+	}
+	// The ready line, read through the API from a node that does not run it.
+	out, err = cli("n1", "vm", "console", "web", "--until", "GUEST-READY", "--for", "90s")
+	if err != nil {
+		t.Fatalf("console: %v\n%s", err, out)
+	}
+	t.Logf("vm create to GUEST-READY through the console: %s", time.Since(start).Round(time.Millisecond))
+
+	qemuPID := func() string {
+		b, _ := os.ReadFile(filepath.Join(libv["n3"].HostDir, "run/libvirt/qemu/prod-web.pid"))
+		return strings.TrimSpace(string(b))
+	}
+	pid := qemuPID()
+	if pid == "" {
+		t.Fatal("no qemu pid for prod-web on n3")
+	}
+	// Restarting corrald leaves the guest untouched.
+	if err := nodes["n3"].Kill(); err != nil {
+		t.Fatal(err)
+	}
+	if err := nodes["n3"].Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(3 * time.Second)
+	if got := qemuPID(); got != pid {
+		t.Fatalf("guest restarted by corrald restart: pid %s -> %s", pid, got)
+	}
+	eventually(t, 20*time.Second, "web running after restart", func() (bool, string) {
+		out, _ := cli("n1", "vm", "show", "web", "-o", "json")
+		return strings.Contains(out, "VM_STATE_RUNNING"), out
+	})
+
+	// Stop / start.
+	must("n1", "vm", "stop", "web")
+	out = must("n1", "vm", "show", "web", "-o", "json")
+	if !strings.Contains(out, "VM_STATE_STOPPED") {
+		t.Fatalf("after stop:\n%s", out)
+	}
+	must("n1", "vm", "start", "web")
+
+	// Destroyed from outside corral: the state follows.
+	eventually(t, 30*time.Second, "running before destroy", func() (bool, string) {
+		out, _ := cli("n1", "vm", "show", "web", "-o", "json")
+		return strings.Contains(out, "VM_STATE_RUNNING"), out
+	})
+	if out, err := nodes["n3"].Host.Run(ctx, "virsh", "-c", libv["n3"].LocalURI(), "destroy", "prod-web"); err != nil {
+		t.Fatalf("virsh destroy: %v\n%s", err, out)
+	}
+	destroyed := time.Now()
+	eventually(t, 10*time.Second, "state follows virsh destroy", func() (bool, string) {
+		out, _ := cli("n1", "vm", "show", "web", "-o", "json")
+		return strings.Contains(out, "VM_STATE_STOPPED"), out
+	})
+	t.Logf("virsh destroy seen in the cluster state after %s", time.Since(destroyed).Round(time.Millisecond))
+
+	must("n1", "vm", "delete", "web")
+	out = must("n1", "vm", "list")
+	if strings.Contains(out, "web") {
+		t.Fatalf("deleted VM still listed:\n%s", out)
+	}
+	if out, _ := nodes["n3"].Host.Run(ctx, "virsh", "-c", libv["n3"].LocalURI(), "list", "--all", "--name"); strings.Contains(out, "prod-web") {
+		t.Fatalf("domain still defined after delete:\n%s", out)
+	}
+}
