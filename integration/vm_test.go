@@ -71,7 +71,7 @@ func TestVMLifecycle(t *testing.T) {
 	}
 	// Bad input: clear errors and nothing left behind.
 	bad := map[string][]string{
-		"not found":       append([]string{"vm", "create", "bad1", "--node", "nope"}, base...),
+		"unknown node":    append([]string{"vm", "create", "bad1", "--node", "nope"}, base...),
 		"no node can":     {"vm", "create", "bad2", "--vcpus", "1", "--memory", "900000", "--kernel", kernel},
 		"kernel":          {"vm", "create", "bad3", "--vcpus", "1", "--memory", "192", "--kernel", "/nonexistent/vmlinuz"},
 		"invalid vm name": append([]string{"vm", "create", "Bad_Name"}, base...),
