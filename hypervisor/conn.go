@@ -43,7 +43,9 @@ type Conn struct {
 func Dial(ctx context.Context, socket string) (*Conn, error) {
 	timeout := DefaultDialTimeout
 	if dl, ok := ctx.Deadline(); ok {
-		timeout = time.Until(dl)
+		if timeout = time.Until(dl); timeout <= 0 {
+			return nil, fmt.Errorf("connect to libvirtd at %s: %w", socket, context.DeadlineExceeded)
+		}
 	}
 	l := libvirt.NewWithDialer(dialers.NewLocal(dialers.WithSocket(socket), dialers.WithLocalTimeout(timeout)))
 	c := &Conn{l: l, socket: socket, log: slog.Default().With("libvirt", socket)}
