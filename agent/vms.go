@@ -132,6 +132,19 @@ func (a *Agent) reconcileVM(ctx context.Context, g *cluster.Group, hv Hypervisor
 			a.report(ctx, g, v, pb.VMState_VM_STATE_ERROR, "define: "+err.Error(), d, false)
 			return
 		}
+		if running && memo.definedGen >= 0 {
+			// NICs move live (a changed network); the rest waits for
+			// the next boot.
+			if u, ok := hv.(interface {
+				UpdateNIC(ctx context.Context, name string, nic hypervisor.NIC) error
+			}); ok {
+				for _, nic := range spec.NICs {
+					if err := u.UpdateNIC(cctx, name, nic); err != nil {
+						a.log.Warn("live NIC update refused; applies at next boot", "cluster", g.Name, "vm", v.Name, "mac", nic.MAC, "err", err)
+					}
+				}
+			}
+		}
 		memo.definedGen = v.Generation
 		if !exists {
 			memo.bootedGen = v.Generation

@@ -4,7 +4,6 @@ import (
 	"context"
 	"time"
 
-	"github.com/hashicorp/raft"
 	"github.com/minet/corral/errdefs"
 	pb "github.com/minet/corral/proto/corral/v1"
 	"github.com/minet/corral/raftstore"
@@ -61,14 +60,7 @@ func (s *Server) RemoveNode(ctx context.Context, req *pb.RemoveNodeRequest) (*pb
 	if _, err := g.Propose(ctx, pb.CommandType_COMMAND_TYPE_NODE_REMOVE, &pb.NodeRemoveCommand{Name: req.Name}, actor(ctx)); err != nil {
 		return nil, err
 	}
-	// The Raft configuration change must run on the leader.
-	if g.Store.IsLeader() {
-		if err := g.Store.RemoveServer(req.Name); err != nil {
-			return nil, err
-		}
-	} else if conn, err := s.m.LeaderConn(ctx, req.Cluster); err == nil {
-		_ = conn // the leader's membership loop removes servers absent from the state
-	}
+	// The leader removes it from the Raft configuration (cluster.pruneServers).
 	return &pb.RemoveNodeResponse{}, nil
 }
 
@@ -134,14 +126,6 @@ func (s *Server) IssueAdminCert(ctx context.Context, req *pb.IssueAdminCertReque
 	c := callerFrom(ctx)
 	if !c.local && c.id.Role != "admin" {
 		return nil, errdefs.Denied("only admins may issue admin certificates")
-	}
-	g, err := s.group(req.Cluster)
-	if err != nil {
-		return nil, err
-	}
-	if !g.Store.IsLeader() {
-		// Any member holds the sealed CA key; signing locally is fine.
-		_ = g
 	}
 	return s.m.IssueAdminCert(ctx, req)
 }
@@ -225,5 +209,3 @@ func (s *Server) ReadIndex(ctx context.Context, req *pb.ReadIndexRequest) (*pb.R
 	idx, _ := g.Store.Watch()
 	return &pb.ReadIndexResponse{Index: idx}, nil
 }
-
-var _ = raft.Leader

@@ -74,8 +74,8 @@ func (s *Server) MigrateVM(ctx context.Context, req *pb.MigrateVMRequest) (*pb.M
 		return nil, err
 	}
 	var (
-		to  string
-		vm  *pb.VM
+		to   string
+		vm   *pb.VM
 		err2 error
 	)
 	g.Store.Read(func(st *raftstore.State) {

@@ -77,10 +77,17 @@ func (s *Server) RemovePool(ctx context.Context, req *pb.RemovePoolRequest) (*pb
 }
 
 // executor chooses the node that runs a volume task: the volume's node for
-// node-local pools, else this node when it can run tasks, else the leader.
+// node-local pools, else the node running the volume's VM (only its
+// hypervisor can tell the guest about a resize), else this node when it can
+// run tasks, else the first ready voter.
 func (s *Server) executor(st *raftstore.State, vol *pb.Volume) (string, error) {
 	if vol.Node != "" {
 		return vol.Node, nil
+	}
+	if vm, ok := st.VMs[vol.Vm]; ok && vm.Node != "" && vm.Status.GetState() == pb.VMState_VM_STATE_RUNNING {
+		if n, ok := st.Nodes[vm.Node]; ok && n.Ready && !n.Fenced {
+			return n.Name, nil
+		}
 	}
 	if n, ok := st.Nodes[s.m.NodeName()]; ok && n.Role == pb.NodeRole_NODE_ROLE_VOTER && n.Ready {
 		return n.Name, nil

@@ -99,6 +99,9 @@ func (s *Server) CreateVM(ctx context.Context, req *pb.CreateVMRequest) (*pb.Cre
 	if exists {
 		return nil, errdefs.Exists("vm %q already exists: pick another name or delete it first", req.Name)
 	}
+	if local != "" && spec.Ha == pb.HAMode_HA_MODE_RESTART {
+		return nil, errdefs.Invalid("vm %q has a disk on node-local storage (on %s): it cannot fail over, so --ha restart is refused; use a shared (rbd) pool", req.Name, local)
+	}
 	if local != "" && req.Node != "" && req.Node != local {
 		return nil, errdefs.Invalid("vm %q uses a dir volume that lives on %s: it can only run there", req.Name, local)
 	}

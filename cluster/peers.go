@@ -154,6 +154,7 @@ func (m *Manager) Run(ctx context.Context) {
 				if g.Role == pb.NodeRole_NODE_ROLE_WITNESS {
 					m.handOff(g)
 				}
+				m.pruneServers(g)
 				continue
 			}
 			go m.heartbeat(ctx, g)
@@ -208,4 +209,45 @@ func (g *Group) FencedByLeader() bool {
 	g.hbMu.Lock()
 	defer g.hbMu.Unlock()
 	return g.fencedByLeader
+}
+
+// pruneServers removes from the Raft configuration the members that the
+// replicated state no longer lists (`cluster remove-node` records the
+// removal; the leader, wherever it is, applies it to Raft).
+func (m *Manager) pruneServers(g *Group) {
+	// A new leader may not have applied every committed entry yet (a node
+	// that just joined): only compare after a barrier.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	err := g.Store.Barrier(ctx)
+	cancel()
+	if err != nil {
+		return
+	}
+	servers, err := g.Store.Servers()
+	if err != nil {
+		return
+	}
+	var known map[string]bool
+	g.Store.Read(func(s *raftstore.State) {
+		if s.Cluster == nil {
+			return
+		}
+		known = map[string]bool{}
+		for name := range s.Nodes {
+			known[name] = true
+		}
+	})
+	if known == nil {
+		return
+	}
+	for _, sv := range servers {
+		if id := string(sv.ID); !known[id] && id != m.cfg.NodeName {
+			// A node being admitted is in the state before Raft; one in
+			// Raft but not in the state was removed.
+			m.log.Info("removing member absent from the state", "cluster", g.Name, "member", id)
+			if err := g.Store.RemoveServer(id); err != nil {
+				m.log.Warn("remove member", "cluster", g.Name, "member", id, "err", err)
+			}
+		}
+	}
 }
