@@ -65,6 +65,7 @@ type Group struct {
 	heartbeats     map[string]time.Time // leader only: last heartbeat per node
 	leaderAt       time.Time            // when this node last became leader
 	fencedByLeader bool
+	prunedAt       time.Time // owned by Run
 }
 
 // member is the small file that says how to reopen a group at start.

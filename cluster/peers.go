@@ -154,7 +154,10 @@ func (m *Manager) Run(ctx context.Context) {
 				if g.Role == pb.NodeRole_NODE_ROLE_WITNESS {
 					m.handOff(g)
 				}
-				m.pruneServers(g)
+				if time.Since(g.prunedAt) > 5*time.Second {
+					g.prunedAt = time.Now()
+					m.pruneServers(g)
+				}
 				continue
 			}
 			go m.heartbeat(ctx, g)
