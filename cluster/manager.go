@@ -48,6 +48,8 @@ type Config struct {
 	Logger       *slog.Logger
 	// Raft timing overrides (zero = raftstore defaults).
 	HeartbeatTimeout, ElectionTimeout, LeaderLeaseTimeout time.Duration
+	// Observe receives Raft commit/apply latencies (metrics); may be nil.
+	Observe raftstore.Observer
 	// Dialer, when set, is used for every outgoing gRPC connection.
 	Dialer func(ctx context.Context, addr string) (net.Conn, error)
 }
@@ -236,7 +238,7 @@ func (m *Manager) open(name string, role pb.NodeRole, raftAddr string, creds pki
 		ServerTLS: server, ClientTLS: client, Bootstrap: bootstrap, Logger: m.cfg.Logger,
 		Forward:          m.forwarder(name),
 		HeartbeatTimeout: m.cfg.HeartbeatTimeout, ElectionTimeout: m.cfg.ElectionTimeout,
-		LeaderLeaseTimeout: m.cfg.LeaderLeaseTimeout,
+		LeaderLeaseTimeout: m.cfg.LeaderLeaseTimeout, Observe: m.cfg.Observe,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("open cluster %s: %w", name, err)

@@ -74,7 +74,9 @@ func power(vm string, p pb.PowerState) *pb.Command {
 	return cmd(cVMPower, &pb.VMPowerCommand{Name: vm, Power: p})
 }
 
-func netCreate(n *pb.Network) *pb.Command { return cmd(cNetCreate, &pb.NetworkCreateCommand{Network: n}) }
+func netCreate(n *pb.Network) *pb.Command {
+	return cmd(cNetCreate, &pb.NetworkCreateCommand{Network: n})
+}
 
 func vmCreate(v *pb.VM) *pb.Command { return cmd(cVMCreate, &pb.VMCreateCommand{Vm: v}) }
 
@@ -204,7 +206,10 @@ func commandCases() []cmdCase {
 		{name: "maintenance/unknown node", cmd: cmd(cMaintenance, &pb.NodeMaintenanceCommand{Name: "n9", Maintenance: true}), want: errdefs.KindNotFound},
 
 		// NODE_HEALTH
-		{name: "health/suspect", cmd: health("n2", func(c *pb.NodeHealthCommand) { c.Health = pb.NodeHealth_NODE_HEALTH_SUSPECT; c.Reason = "missed heartbeats" }),
+		{name: "health/suspect", cmd: health("n2", func(c *pb.NodeHealthCommand) {
+			c.Health = pb.NodeHealth_NODE_HEALTH_SUSPECT
+			c.Reason = "missed heartbeats"
+		}),
 			want: success, verify: func(t *testing.T, s *State, _ any) {
 				must(t, s.Nodes["n2"].Health == pb.NodeHealth_NODE_HEALTH_SUSPECT, "health = %v", s.Nodes["n2"].Health)
 				wantEvent(t, s, "node.health", "n2", "suspect")
@@ -233,6 +238,26 @@ func commandCases() []cmdCase {
 				fence("n1"),
 			},
 			cmd: health("n1", func(c *pb.NodeHealthCommand) { c.Unfence = true }), want: errdefs.KindPrecondition},
+		{name: "health/clean after fence", setup: []*pb.Command{fence("n1")},
+			cmd: health("n1", func(c *pb.NodeHealthCommand) { c.Clean = true }), want: success,
+			verify: func(t *testing.T, s *State, _ any) {
+				n := s.Nodes["n1"]
+				must(t, n.Fenced && n.FenceClean, "n1 = %v", n)
+				wantEvent(t, s, "ha.clean", "n1", "ok")
+			}},
+		{name: "health/clean when not fenced is a no-op", cmd: health("n1", func(c *pb.NodeHealthCommand) { c.Clean = true }), want: success,
+			verify: func(t *testing.T, s *State, _ any) {
+				must(t, !s.Nodes["n1"].FenceClean, "FenceClean set on an unfenced node")
+				must(t, lastEvent(t, s).Action != "ha.clean", "ha.clean logged for an unfenced node")
+			}},
+		{name: "health/unfence resets clean",
+			setup: []*pb.Command{fence("n1"), health("n1", func(c *pb.NodeHealthCommand) { c.Clean = true })},
+			cmd:   health("n1", func(c *pb.NodeHealthCommand) { c.Unfence = true }), want: success,
+			verify: func(t *testing.T, s *State, _ any) {
+				n := s.Nodes["n1"]
+				must(t, !n.Fenced && !n.FenceClean, "n1 = %v", n)
+				wantEvent(t, s, "ha.unfence", "n1", "ok")
+			}},
 		{name: "health/unknown node", cmd: health("n9", func(c *pb.NodeHealthCommand) { c.Fence = true }), want: errdefs.KindNotFound},
 
 		// EVENT
@@ -275,7 +300,7 @@ func commandCases() []cmdCase {
 
 		// NETWORK_CREATE
 		{name: "net create/ok same vlan other uplink",
-			cmd: netCreate(&pb.Network{Name: "net2", Vlan: 10, Kind: "linux", Uplink: "eth2", Mtu: 9000, Status: map[string]*pb.NetworkStatus{"n1": {Applied: true}}}),
+			cmd:  netCreate(&pb.Network{Name: "net2", Vlan: 10, Kind: "linux", Uplink: "eth2", Mtu: 9000, Status: map[string]*pb.NetworkStatus{"n1": {Applied: true}}}),
 			want: success, verify: func(t *testing.T, s *State, res any) {
 				n := s.Networks["net2"]
 				must(t, n != nil && n.CreatedUnixNano == t0 && n.Status == nil, "net2 = %v (the proposer must not set status)", n)
@@ -291,7 +316,9 @@ func commandCases() []cmdCase {
 		{name: "net create/vlan negative", cmd: netCreate(&pb.Network{Name: "net2", Vlan: -1, Kind: "linux", Uplink: "eth0"}), want: errdefs.KindInvalid},
 		{name: "net create/vlan 4095", cmd: netCreate(&pb.Network{Name: "net2", Vlan: 4095, Kind: "linux", Uplink: "eth0"}), want: errdefs.KindInvalid},
 		{name: "net create/vlan 4094", cmd: netCreate(&pb.Network{Name: "net2", Vlan: 4094, Kind: "linux", Uplink: "eth0"}), want: success,
-			verify: func(t *testing.T, s *State, _ any) { must(t, s.Networks["net2"].GetVlan() == 4094, "net2 = %v", s.Networks["net2"]) }},
+			verify: func(t *testing.T, s *State, _ any) {
+				must(t, s.Networks["net2"].GetVlan() == 4094, "net2 = %v", s.Networks["net2"])
+			}},
 		{name: "net create/unknown kind", cmd: netCreate(&pb.Network{Name: "net2", Vlan: 11, Kind: "macvlan", Uplink: "eth0"}), want: errdefs.KindInvalid},
 		{name: "net create/mtu too small", cmd: netCreate(&pb.Network{Name: "net2", Vlan: 11, Kind: "linux", Uplink: "eth0", Mtu: 100}), want: errdefs.KindInvalid},
 		{name: "net create/mtu too large", cmd: netCreate(&pb.Network{Name: "net2", Vlan: 11, Kind: "linux", Uplink: "eth0", Mtu: 9217}), want: errdefs.KindInvalid},
@@ -419,7 +446,9 @@ func commandCases() []cmdCase {
 			}},
 		{name: "task update/progress never goes back", setup: []*pb.Command{cmd(cTaskUpdate, &pb.TaskUpdateCommand{Id: "task1", Progress: 0.7})},
 			cmd: cmd(cTaskUpdate, &pb.TaskUpdateCommand{Id: "task1", Progress: 0.2}), want: success,
-			verify: func(t *testing.T, s *State, _ any) { must(t, s.Tasks["task1"].Progress == 0.7, "progress = %v", s.Tasks["task1"].Progress) }},
+			verify: func(t *testing.T, s *State, _ any) {
+				must(t, s.Tasks["task1"].Progress == 0.7, "progress = %v", s.Tasks["task1"].Progress)
+			}},
 		{name: "task update/cancel", cmd: cmd(cTaskUpdate, &pb.TaskUpdateCommand{Id: "task1", Cancel: true}), want: success,
 			verify: func(t *testing.T, s *State, _ any) { must(t, s.Tasks["task1"].CancelRequested, "cancel not recorded") }},
 		{name: "task update/fail", cmd: cmd(cTaskUpdate, &pb.TaskUpdateCommand{Id: "task1", State: pb.TaskState_TASK_STATE_FAILED, Error: "target gone"}), want: success,
@@ -490,6 +519,18 @@ func commandCases() []cmdCase {
 			verify: func(t *testing.T, s *State, _ any) {
 				must(t, s.VMs["vm1"].RebootSeq == 1, "reboot seq = %d", s.VMs["vm1"].RebootSeq)
 				wantEvent(t, s, "vm.reboot", "vm1", "ok")
+			}},
+		{name: "vm power/force stop", setup: []*pb.Command{power("vm1", pb.PowerState_POWER_STATE_RUNNING)},
+			cmd: cmd(cVMPower, &pb.VMPowerCommand{Name: "vm1", Power: pb.PowerState_POWER_STATE_STOPPED, Force: true}), want: success,
+			verify: func(t *testing.T, s *State, _ any) {
+				v := s.VMs["vm1"]
+				must(t, v.Power == pb.PowerState_POWER_STATE_STOPPED && v.ForceStop, "vm1 = %v", v)
+			}},
+		{name: "vm power/start clears force",
+			setup: []*pb.Command{cmd(cVMPower, &pb.VMPowerCommand{Name: "vm1", Power: pb.PowerState_POWER_STATE_STOPPED, Force: true})},
+			cmd:   power("vm1", pb.PowerState_POWER_STATE_RUNNING), want: success,
+			verify: func(t *testing.T, s *State, _ any) {
+				must(t, !s.VMs["vm1"].ForceStop, "ForceStop survived a start")
 			}},
 		{name: "vm power/reboot stopped", cmd: cmd(cVMPower, &pb.VMPowerCommand{Name: "vm1", Reboot: true}), want: errdefs.KindPrecondition},
 		{name: "vm power/deleting", setup: []*pb.Command{cmd(cVMDelete, &pb.VMDeleteCommand{Name: "vm1"})}, cmd: power("vm1", pb.PowerState_POWER_STATE_RUNNING), want: errdefs.KindPrecondition},

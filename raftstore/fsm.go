@@ -5,6 +5,7 @@ import (
 	"io"
 	"log/slog"
 	"sync"
+	"time"
 
 	"github.com/hashicorp/raft"
 	"github.com/minet/corral/errdefs"
@@ -103,8 +104,9 @@ type ApplyResult struct {
 // FSM adapts State to raft.FSM. Reads take the read lock; apply the write
 // lock. Every applied entry bumps the revision and wakes waiters.
 type FSM struct {
-	log     *slog.Logger
-	onFatal func(error)
+	log          *slog.Logger
+	onFatal      func(error)
+	observeApply func(time.Duration)
 
 	mu      sync.RWMutex
 	state   *State
@@ -126,6 +128,7 @@ func (f *FSM) Apply(l *raft.Log) any {
 // ApplyBatch implements raft.BatchingFSM: a whole batch under one lock.
 func (f *FSM) ApplyBatch(logs []*raft.Log) []any {
 	out := make([]any, len(logs))
+	start := time.Now()
 	f.mu.Lock()
 	for i, l := range logs {
 		f.applied = l.Index
@@ -147,6 +150,9 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []any {
 	}
 	f.notifyLocked()
 	f.mu.Unlock()
+	if f.observeApply != nil {
+		f.observeApply(time.Since(start))
+	}
 	return out
 }
 

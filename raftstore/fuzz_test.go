@@ -116,6 +116,8 @@ func FuzzApplyPayload(f *testing.F) {
 	for _, c := range fuzzSeeds() {
 		f.Add(int32(c.Type), c.Payload)
 	}
+	// A map entry without its value: node "n1", status {"net1": <absent>}.
+	f.Add(int32(cNetStatus), []byte{0x0a, 0x02, 'n', '1', 0x12, 0x06, 0x0a, 0x04, 'n', 'e', 't', '1'})
 	f.Fuzz(func(t *testing.T, typ int32, payload []byte) {
 		c := &pb.Command{Type: pb.CommandType(typ), TimeUnixNano: t0, Actor: "fuzz", Payload: payload}
 		raw, err := proto.Marshal(c)

@@ -62,6 +62,17 @@ type Config struct {
 
 	HeartbeatTimeout, ElectionTimeout, LeaderLeaseTimeout time.Duration
 	SnapshotThreshold                                     uint64
+
+	// Observe, when set, receives the commit latency of each entry this
+	// node proposed as leader (propose to applied) and the FSM time of
+	// each applied batch, for metrics.
+	Observe Observer
+}
+
+// Observer receives latencies for metrics.
+type Observer interface {
+	ObserveCommit(cluster string, d time.Duration)
+	ObserveApply(cluster string, d time.Duration)
 }
 
 // Store is one Raft group and its state.
@@ -90,6 +101,9 @@ func Open(cfg Config) (*Store, error) {
 		}
 	}
 	s := &Store{cfg: cfg, log: log, fsm: NewFSM(log, cfg.OnFatal)}
+	if cfg.Observe != nil {
+		s.fsm.observeApply = func(d time.Duration) { cfg.Observe.ObserveApply(cfg.Cluster, d) }
+	}
 
 	rc := raft.DefaultConfig()
 	rc.LocalID = raft.ServerID(cfg.NodeID)
@@ -252,6 +266,7 @@ func (s *Store) ApplyLocal(ctx context.Context, cmd *pb.Command) (any, uint64, e
 	if dl, ok := ctx.Deadline(); ok {
 		timeout = time.Until(dl)
 	}
+	start := time.Now()
 	f := s.raft.Apply(b, timeout)
 	done := make(chan error, 1)
 	go func() { done <- f.Error() }()
@@ -267,6 +282,9 @@ func (s *Store) ApplyLocal(ctx context.Context, cmd *pb.Command) (any, uint64, e
 			return nil, 0, errdefs.Unavailable("cluster %s: %v: retry in a few seconds", s.cfg.Cluster, err)
 		}
 		return nil, 0, fmt.Errorf("apply: %w", err)
+	}
+	if s.cfg.Observe != nil {
+		s.cfg.Observe.ObserveCommit(s.cfg.Cluster, time.Since(start))
 	}
 	res, _ := f.Response().(ApplyResult)
 	return res.Value, f.Index(), res.Err

@@ -25,7 +25,13 @@ var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 // -race does not flap.
 type timing struct{ heartbeat, election, lease time.Duration }
 
-var fast = timing{heartbeat: 150 * time.Millisecond, election: 150 * time.Millisecond, lease: 100 * time.Millisecond}
+var (
+	// fast is for tests about elections, which tolerate an extra one.
+	fast = timing{heartbeat: 150 * time.Millisecond, election: 150 * time.Millisecond, lease: 100 * time.Millisecond}
+	// steady is for tests that assume one leader throughout: slow enough
+	// that a starved goroutine (-race, -cpu 1) does not trigger an election.
+	steady = timing{heartbeat: 500 * time.Millisecond, election: 500 * time.Millisecond, lease: 250 * time.Millisecond}
+)
 
 // testCluster is an in-process Raft group over in-memory transports. Its
 // forwarder plays the part of the API's leader RPC: it finds the leader's
@@ -114,11 +120,14 @@ func newTestCluster(t *testing.T, n int, tm timing) *testCluster {
 			t.Fatalf("add voter %s: %v", id, err)
 		}
 	}
-	waitFor(t, 10*time.Second, "every member to know the leader", func() bool {
+	waitFor(t, 10*time.Second, "every member to agree on a leader", func() bool {
+		var leader string
 		for _, s := range c.all() {
-			if id, _ := s.Leader(); id != ids[0] {
+			id, _ := s.Leader()
+			if id == "" || (leader != "" && id != leader) {
 				return false
 			}
+			leader = id
 		}
 		return true
 	})
@@ -236,7 +245,7 @@ func (c *testCluster) converge(ctx context.Context) {
 
 func TestStoreReadYourWrites(t *testing.T) {
 	t.Parallel()
-	c := newTestCluster(t, 3, fast)
+	c := newTestCluster(t, 3, steady)
 	ctx := ctxT(t, 30*time.Second)
 	leader, follower := c.leader(5*time.Second), c.follower()
 
@@ -404,7 +413,7 @@ func TestStoreWithoutQuorum(t *testing.T) {
 
 func TestStoreWaitBarrierApplyLocal(t *testing.T) {
 	t.Parallel()
-	c := newTestCluster(t, 2, fast)
+	c := newTestCluster(t, 2, steady)
 	leader, follower := c.leader(5*time.Second), c.follower()
 
 	start := time.Now()
@@ -718,5 +727,46 @@ func TestFSMApplyBatchResults(t *testing.T) {
 	}
 	if fatals.Load() != 0 {
 		t.Error("a domain error was treated as fatal")
+	}
+}
+
+// countingObserver records what a Store reports for metrics.
+type countingObserver struct{ commits, applies atomic.Int64 }
+
+func (o *countingObserver) ObserveCommit(cluster string, d time.Duration) {
+	if cluster == "c1" && d > 0 {
+		o.commits.Add(1)
+	}
+}
+
+func (o *countingObserver) ObserveApply(cluster string, d time.Duration) {
+	if cluster == "c1" && d > 0 {
+		o.applies.Add(1)
+	}
+}
+
+func TestStoreObserver(t *testing.T) {
+	t.Parallel()
+	obs := &countingObserver{}
+	_, tr := raft.NewInmemTransport("solo")
+	s, err := Open(Config{Cluster: "c1", NodeID: "solo", InMemory: true, Transport: tr, Bootstrap: true, Logger: quiet,
+		Observe: obs, HeartbeatTimeout: fast.heartbeat, ElectionTimeout: fast.election, LeaderLeaseTimeout: fast.lease})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	waitFor(t, 10*time.Second, "the single node to lead", s.IsLeader)
+	applies := obs.applies.Load() // the bootstrap configuration entry may count
+	ctx := ctxT(t, 10*time.Second)
+	for i := range 3 {
+		if _, err := s.Propose(ctx, taskCmd(fmt.Sprint(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := obs.commits.Load(); n != 3 {
+		t.Errorf("%d commit observations for 3 proposals", n)
+	}
+	if n := obs.applies.Load() - applies; n < 1 || n > 3 {
+		t.Errorf("%d apply observations for 3 entries, want 1-3 (one per batch)", n)
 	}
 }

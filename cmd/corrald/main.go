@@ -76,15 +76,16 @@ func run() error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(prometheus.NewGoCollector())
 	m := cluster.New(cluster.Config{NodeName: *name, DataDir: *dataDir, AdvertiseIP: ip,
-		APIAddr: net.JoinHostPort(ip, portOf(*listen)), RaftPortBase: *raftBase, Logger: log})
+		APIAddr: net.JoinHostPort(ip, portOf(*listen)), RaftPortBase: *raftBase, Logger: log,
+		Observe: newRaftLatency(reg)})
 	if err := m.Restore(); err != nil {
 		return err
 	}
 	defer m.Close()
 
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(prometheus.NewGoCollector())
 	srv := api.New(m, nil, log, reg)
 	reg.MustRegister(newRaftCollector(m))
 

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"time"
+
 	"github.com/hashicorp/raft"
 	"github.com/minet/corral/cluster"
 	"github.com/prometheus/client_golang/prometheus"
@@ -41,4 +43,27 @@ func (c *raftCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.commit, prometheus.GaugeValue, float64(r.CommitIndex()), g.Name)
 		ch <- prometheus.MustNewConstMetric(c.applied, prometheus.GaugeValue, float64(r.AppliedIndex()), g.Name)
 	}
+}
+
+// raftLatency exports commit and apply latencies.
+type raftLatency struct{ commit, apply *prometheus.HistogramVec }
+
+func newRaftLatency(reg prometheus.Registerer) *raftLatency {
+	b := prometheus.ExponentialBuckets(0.0001, 2, 18)
+	l := &raftLatency{
+		commit: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "corral_raft_commit_seconds",
+			Help: "Leader: from proposing an entry to its apply result.", Buckets: b}, []string{"cluster"}),
+		apply: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "corral_raft_apply_seconds",
+			Help: "FSM time per applied batch.", Buckets: b}, []string{"cluster"}),
+	}
+	reg.MustRegister(l.commit, l.apply)
+	return l
+}
+
+func (l *raftLatency) ObserveCommit(cluster string, d time.Duration) {
+	l.commit.WithLabelValues(cluster).Observe(d.Seconds())
+}
+
+func (l *raftLatency) ObserveApply(cluster string, d time.Duration) {
+	l.apply.WithLabelValues(cluster).Observe(d.Seconds())
 }
