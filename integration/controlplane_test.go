@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -135,6 +136,35 @@ func TestControlPlane(t *testing.T) {
 	}
 	if out, err := a.nodes[follower].CLI(ctx, "--cluster", "prod", "net", "create", "lan10b", "--vlan", "10", "--kind", "ovs", "--uplink", "eth0"); err == nil || !strings.Contains(out, "VLAN 10") {
 		t.Fatalf("duplicate VLAN accepted or unclear: %v\n%s", err, out)
+	}
+
+	// Admins over mutual TLS from another host: a prod admin certificate
+	// works against any prod node; a dev certificate is refused by prod.
+	admin, err := a.lab.AddHost("admin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bins0, _ := testenv.Build()
+	cfg := filepath.Join(a.lab.Dir, "corral-config.yaml")
+	for _, c := range []struct{ cluster, node string }{{"prod", "atlantis"}, {"dev", "challenger"}} {
+		out, err := a.nodes[c.node].Host.Run(ctx, "env", "CORRAL_CONFIG="+cfg, bins0.Corral, "--socket", a.nodes[c.node].Socket,
+			"--cluster", c.cluster, "admin", "issue-cert", "alice-"+c.cluster, "--out-dir", filepath.Join(a.lab.Dir, "certs-"+c.cluster),
+			"--context-name", c.cluster)
+		if err != nil {
+			t.Fatalf("issue-cert %s: %v\n%s", c.cluster, err, out)
+		}
+	}
+	viaTLS := func(context, cluster, endpoint string, args ...string) (string, error) {
+		full := append([]string{"CORRAL_CONFIG=" + cfg, bins0.Corral, "--context", context, "--cluster", cluster, "--endpoint", endpoint, "--timeout", "10s"}, args...)
+		return admin.Run(ctx, "env", full...)
+	}
+	if out, err := viaTLS("prod", "prod", a.nodes[follower].APIAddr, "node", "list"); err != nil || !strings.Contains(out, "houston") {
+		t.Fatalf("prod admin over mTLS: %v\n%s", err, out)
+	}
+	if out, err := viaTLS("dev", "prod", a.nodes["atlantis"].APIAddr, "node", "list"); err == nil {
+		t.Fatalf("dev certificate accepted by prod:\n%s", out)
+	} else {
+		t.Logf("dev certificate against prod refused: %s", strings.TrimSpace(out))
 	}
 
 	// A used token is refused.
