@@ -163,3 +163,44 @@ func (s *Server) DrainNode(ctx context.Context, req *pb.DrainNodeRequest) (*pb.D
 	}
 	return &pb.DrainNodeResponse{Task: last}, nil
 }
+
+// MoveVM moves a stopped VM to another node: only its placement changes,
+// so its disks must be shared (or already on that node).
+func (s *Server) MoveVM(ctx context.Context, req *pb.MoveVMRequest) (*pb.MoveVMResponse, error) {
+	g, err := s.group(req.Cluster)
+	if err != nil {
+		return nil, err
+	}
+	var (
+		vm   *pb.VM
+		perr error
+	)
+	g.Store.Read(func(st *raftstore.State) {
+		vm = st.VMs[req.Name]
+		if vm == nil {
+			perr = errdefs.NotFound("vm %q not found", req.Name)
+			return
+		}
+		if vm.Power == pb.PowerState_POWER_STATE_RUNNING || vm.Status.GetState() != pb.VMState_VM_STATE_STOPPED {
+			perr = errdefs.Precondition("vm %q is not stopped: stop it first, or use `corral vm migrate` to move it live", req.Name)
+			return
+		}
+		if local := localPoolNode(st, vm.Spec); local != "" && local != req.Node {
+			perr = errdefs.Precondition("vm %q has a disk on node-local storage on %s: it cannot move to %s", req.Name, local, req.Node)
+			return
+		}
+		sv := raftstore.SchedulerVM(vm)
+		sv.Node = ""
+		if _, err := scheduler.Place(st.SchedulerSnapshot(), scheduler.Request{VM: sv, Node: req.Node}); err != nil {
+			perr = placeErr(err)
+		}
+	})
+	if perr != nil {
+		return nil, perr
+	}
+	if _, err := g.Propose(ctx, pb.CommandType_COMMAND_TYPE_VM_MOVE, &pb.VMMoveCommand{Name: req.Name, From: vm.Node, To: req.Node, Reason: "cold move"}, actor(ctx)); err != nil {
+		return nil, err
+	}
+	v, err := s.getVM(ctx, req.Cluster, req.Name, false)
+	return &pb.MoveVMResponse{Vm: v}, err
+}

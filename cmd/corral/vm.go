@@ -414,8 +414,30 @@ func (a *app) vmCmd() *cobra.Command {
 	mf.BoolVar(&noWait, "no-wait", false, "return once the migration started")
 	_ = migrate.RegisterFlagCompletionFunc("node", a.completeNames(listNodeNames))
 
+	var moveTo string
+	move := &cobra.Command{
+		Use:               "move NAME --node NODE",
+		Short:             "Move a stopped VM to another node (cold move; its disks must be shared)",
+		Args:              argNames("NAME"),
+		ValidArgsFunction: complete,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if moveTo == "" {
+				return usageErrorf("--node is required")
+			}
+			return a.with(cmd, func(ctx context.Context, c *client.Client, cluster string) error {
+				r, err := c.VMs.MoveVM(ctx, &pb.MoveVMRequest{Cluster: cluster, Name: args[0], Node: moveTo})
+				if err != nil {
+					return err
+				}
+				return a.print(r.GetVm(), a.vmTable([]*pb.VM{r.GetVm()}))
+			})
+		},
+	}
+	move.Flags().StringVar(&moveTo, "node", "", "destination node")
+	_ = move.RegisterFlagCompletionFunc("node", a.completeNames(listNodeNames))
+
 	return group("vm", "Manage virtual machines",
-		create, list, show, start, stop, shutdown, reboot, del, edit, migrate, a.consoleCmd(complete))
+		create, list, show, start, stop, shutdown, reboot, del, edit, migrate, move, a.consoleCmd(complete))
 }
 
 // placementText renders a dry run: why each node fits or not, and the

@@ -2927,6 +2927,110 @@ func (x *MigrateVMResponse) GetTask() *Task {
 	return nil
 }
 
+type MoveVMRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Cluster       string                 `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Node          string                 `protobuf:"bytes,3,opt,name=node,proto3" json:"node,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MoveVMRequest) Reset() {
+	*x = MoveVMRequest{}
+	mi := &file_corral_v1_api_proto_msgTypes[52]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MoveVMRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MoveVMRequest) ProtoMessage() {}
+
+func (x *MoveVMRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_corral_v1_api_proto_msgTypes[52]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MoveVMRequest.ProtoReflect.Descriptor instead.
+func (*MoveVMRequest) Descriptor() ([]byte, []int) {
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{52}
+}
+
+func (x *MoveVMRequest) GetCluster() string {
+	if x != nil {
+		return x.Cluster
+	}
+	return ""
+}
+
+func (x *MoveVMRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *MoveVMRequest) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+type MoveVMResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Vm            *VM                    `protobuf:"bytes,1,opt,name=vm,proto3" json:"vm,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MoveVMResponse) Reset() {
+	*x = MoveVMResponse{}
+	mi := &file_corral_v1_api_proto_msgTypes[53]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MoveVMResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MoveVMResponse) ProtoMessage() {}
+
+func (x *MoveVMResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_corral_v1_api_proto_msgTypes[53]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MoveVMResponse.ProtoReflect.Descriptor instead.
+func (*MoveVMResponse) Descriptor() ([]byte, []int) {
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{53}
+}
+
+func (x *MoveVMResponse) GetVm() *VM {
+	if x != nil {
+		return x.Vm
+	}
+	return nil
+}
+
 type ConsoleRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Cluster       string                 `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"` // first message only
@@ -2939,7 +3043,7 @@ type ConsoleRequest struct {
 
 func (x *ConsoleRequest) Reset() {
 	*x = ConsoleRequest{}
-	mi := &file_corral_v1_api_proto_msgTypes[52]
+	mi := &file_corral_v1_api_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2951,7 +3055,7 @@ func (x *ConsoleRequest) String() string {
 func (*ConsoleRequest) ProtoMessage() {}
 
 func (x *ConsoleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[52]
+	mi := &file_corral_v1_api_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2964,7 +3068,7 @@ func (x *ConsoleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConsoleRequest.ProtoReflect.Descriptor instead.
 func (*ConsoleRequest) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{52}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *ConsoleRequest) GetCluster() string {
@@ -3004,7 +3108,7 @@ type ConsoleResponse struct {
 
 func (x *ConsoleResponse) Reset() {
 	*x = ConsoleResponse{}
-	mi := &file_corral_v1_api_proto_msgTypes[53]
+	mi := &file_corral_v1_api_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3016,7 +3120,7 @@ func (x *ConsoleResponse) String() string {
 func (*ConsoleResponse) ProtoMessage() {}
 
 func (x *ConsoleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[53]
+	mi := &file_corral_v1_api_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3029,7 +3133,7 @@ func (x *ConsoleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConsoleResponse.ProtoReflect.Descriptor instead.
 func (*ConsoleResponse) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{53}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *ConsoleResponse) GetOutput() []byte {
@@ -3049,7 +3153,7 @@ type CreateNetworkRequest struct {
 
 func (x *CreateNetworkRequest) Reset() {
 	*x = CreateNetworkRequest{}
-	mi := &file_corral_v1_api_proto_msgTypes[54]
+	mi := &file_corral_v1_api_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3061,7 +3165,7 @@ func (x *CreateNetworkRequest) String() string {
 func (*CreateNetworkRequest) ProtoMessage() {}
 
 func (x *CreateNetworkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[54]
+	mi := &file_corral_v1_api_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3074,7 +3178,7 @@ func (x *CreateNetworkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateNetworkRequest.ProtoReflect.Descriptor instead.
 func (*CreateNetworkRequest) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{54}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *CreateNetworkRequest) GetCluster() string {
@@ -3100,7 +3204,7 @@ type CreateNetworkResponse struct {
 
 func (x *CreateNetworkResponse) Reset() {
 	*x = CreateNetworkResponse{}
-	mi := &file_corral_v1_api_proto_msgTypes[55]
+	mi := &file_corral_v1_api_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3112,7 +3216,7 @@ func (x *CreateNetworkResponse) String() string {
 func (*CreateNetworkResponse) ProtoMessage() {}
 
 func (x *CreateNetworkResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[55]
+	mi := &file_corral_v1_api_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3125,7 +3229,7 @@ func (x *CreateNetworkResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateNetworkResponse.ProtoReflect.Descriptor instead.
 func (*CreateNetworkResponse) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{55}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *CreateNetworkResponse) GetNetwork() *Network {
@@ -3145,7 +3249,7 @@ type ListNetworksRequest struct {
 
 func (x *ListNetworksRequest) Reset() {
 	*x = ListNetworksRequest{}
-	mi := &file_corral_v1_api_proto_msgTypes[56]
+	mi := &file_corral_v1_api_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3157,7 +3261,7 @@ func (x *ListNetworksRequest) String() string {
 func (*ListNetworksRequest) ProtoMessage() {}
 
 func (x *ListNetworksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[56]
+	mi := &file_corral_v1_api_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3170,7 +3274,7 @@ func (x *ListNetworksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNetworksRequest.ProtoReflect.Descriptor instead.
 func (*ListNetworksRequest) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{56}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *ListNetworksRequest) GetCluster() string {
@@ -3196,7 +3300,7 @@ type ListNetworksResponse struct {
 
 func (x *ListNetworksResponse) Reset() {
 	*x = ListNetworksResponse{}
-	mi := &file_corral_v1_api_proto_msgTypes[57]
+	mi := &file_corral_v1_api_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3208,7 +3312,7 @@ func (x *ListNetworksResponse) String() string {
 func (*ListNetworksResponse) ProtoMessage() {}
 
 func (x *ListNetworksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[57]
+	mi := &file_corral_v1_api_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3221,7 +3325,7 @@ func (x *ListNetworksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNetworksResponse.ProtoReflect.Descriptor instead.
 func (*ListNetworksResponse) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{57}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *ListNetworksResponse) GetNetworks() []*Network {
@@ -3242,7 +3346,7 @@ type GetNetworkRequest struct {
 
 func (x *GetNetworkRequest) Reset() {
 	*x = GetNetworkRequest{}
-	mi := &file_corral_v1_api_proto_msgTypes[58]
+	mi := &file_corral_v1_api_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3254,7 +3358,7 @@ func (x *GetNetworkRequest) String() string {
 func (*GetNetworkRequest) ProtoMessage() {}
 
 func (x *GetNetworkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[58]
+	mi := &file_corral_v1_api_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3267,7 +3371,7 @@ func (x *GetNetworkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNetworkRequest.ProtoReflect.Descriptor instead.
 func (*GetNetworkRequest) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{58}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *GetNetworkRequest) GetCluster() string {
@@ -3300,7 +3404,7 @@ type GetNetworkResponse struct {
 
 func (x *GetNetworkResponse) Reset() {
 	*x = GetNetworkResponse{}
-	mi := &file_corral_v1_api_proto_msgTypes[59]
+	mi := &file_corral_v1_api_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3312,7 +3416,7 @@ func (x *GetNetworkResponse) String() string {
 func (*GetNetworkResponse) ProtoMessage() {}
 
 func (x *GetNetworkResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[59]
+	mi := &file_corral_v1_api_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3325,7 +3429,7 @@ func (x *GetNetworkResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNetworkResponse.ProtoReflect.Descriptor instead.
 func (*GetNetworkResponse) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{59}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *GetNetworkResponse) GetNetwork() *Network {
@@ -3345,7 +3449,7 @@ type DeleteNetworkRequest struct {
 
 func (x *DeleteNetworkRequest) Reset() {
 	*x = DeleteNetworkRequest{}
-	mi := &file_corral_v1_api_proto_msgTypes[60]
+	mi := &file_corral_v1_api_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3357,7 +3461,7 @@ func (x *DeleteNetworkRequest) String() string {
 func (*DeleteNetworkRequest) ProtoMessage() {}
 
 func (x *DeleteNetworkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[60]
+	mi := &file_corral_v1_api_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3370,7 +3474,7 @@ func (x *DeleteNetworkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteNetworkRequest.ProtoReflect.Descriptor instead.
 func (*DeleteNetworkRequest) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{60}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *DeleteNetworkRequest) GetCluster() string {
@@ -3395,7 +3499,7 @@ type DeleteNetworkResponse struct {
 
 func (x *DeleteNetworkResponse) Reset() {
 	*x = DeleteNetworkResponse{}
-	mi := &file_corral_v1_api_proto_msgTypes[61]
+	mi := &file_corral_v1_api_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3407,7 +3511,7 @@ func (x *DeleteNetworkResponse) String() string {
 func (*DeleteNetworkResponse) ProtoMessage() {}
 
 func (x *DeleteNetworkResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[61]
+	mi := &file_corral_v1_api_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3420,7 +3524,7 @@ func (x *DeleteNetworkResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteNetworkResponse.ProtoReflect.Descriptor instead.
 func (*DeleteNetworkResponse) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{61}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{63}
 }
 
 type AddPoolRequest struct {
@@ -3434,7 +3538,7 @@ type AddPoolRequest struct {
 
 func (x *AddPoolRequest) Reset() {
 	*x = AddPoolRequest{}
-	mi := &file_corral_v1_api_proto_msgTypes[62]
+	mi := &file_corral_v1_api_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3446,7 +3550,7 @@ func (x *AddPoolRequest) String() string {
 func (*AddPoolRequest) ProtoMessage() {}
 
 func (x *AddPoolRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[62]
+	mi := &file_corral_v1_api_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3459,7 +3563,7 @@ func (x *AddPoolRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddPoolRequest.ProtoReflect.Descriptor instead.
 func (*AddPoolRequest) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{62}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *AddPoolRequest) GetCluster() string {
@@ -3492,7 +3596,7 @@ type AddPoolResponse struct {
 
 func (x *AddPoolResponse) Reset() {
 	*x = AddPoolResponse{}
-	mi := &file_corral_v1_api_proto_msgTypes[63]
+	mi := &file_corral_v1_api_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3504,7 +3608,7 @@ func (x *AddPoolResponse) String() string {
 func (*AddPoolResponse) ProtoMessage() {}
 
 func (x *AddPoolResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[63]
+	mi := &file_corral_v1_api_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3517,7 +3621,7 @@ func (x *AddPoolResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddPoolResponse.ProtoReflect.Descriptor instead.
 func (*AddPoolResponse) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{63}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *AddPoolResponse) GetPool() *StoragePool {
@@ -3536,7 +3640,7 @@ type ListPoolsRequest struct {
 
 func (x *ListPoolsRequest) Reset() {
 	*x = ListPoolsRequest{}
-	mi := &file_corral_v1_api_proto_msgTypes[64]
+	mi := &file_corral_v1_api_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3548,7 +3652,7 @@ func (x *ListPoolsRequest) String() string {
 func (*ListPoolsRequest) ProtoMessage() {}
 
 func (x *ListPoolsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[64]
+	mi := &file_corral_v1_api_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3561,7 +3665,7 @@ func (x *ListPoolsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoolsRequest.ProtoReflect.Descriptor instead.
 func (*ListPoolsRequest) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{64}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *ListPoolsRequest) GetCluster() string {
@@ -3580,7 +3684,7 @@ type ListPoolsResponse struct {
 
 func (x *ListPoolsResponse) Reset() {
 	*x = ListPoolsResponse{}
-	mi := &file_corral_v1_api_proto_msgTypes[65]
+	mi := &file_corral_v1_api_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3592,7 +3696,7 @@ func (x *ListPoolsResponse) String() string {
 func (*ListPoolsResponse) ProtoMessage() {}
 
 func (x *ListPoolsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[65]
+	mi := &file_corral_v1_api_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3605,7 +3709,7 @@ func (x *ListPoolsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoolsResponse.ProtoReflect.Descriptor instead.
 func (*ListPoolsResponse) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{65}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *ListPoolsResponse) GetPools() []*StoragePool {
@@ -3625,7 +3729,7 @@ type RemovePoolRequest struct {
 
 func (x *RemovePoolRequest) Reset() {
 	*x = RemovePoolRequest{}
-	mi := &file_corral_v1_api_proto_msgTypes[66]
+	mi := &file_corral_v1_api_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3637,7 +3741,7 @@ func (x *RemovePoolRequest) String() string {
 func (*RemovePoolRequest) ProtoMessage() {}
 
 func (x *RemovePoolRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[66]
+	mi := &file_corral_v1_api_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3650,7 +3754,7 @@ func (x *RemovePoolRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemovePoolRequest.ProtoReflect.Descriptor instead.
 func (*RemovePoolRequest) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{66}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *RemovePoolRequest) GetCluster() string {
@@ -3675,7 +3779,7 @@ type RemovePoolResponse struct {
 
 func (x *RemovePoolResponse) Reset() {
 	*x = RemovePoolResponse{}
-	mi := &file_corral_v1_api_proto_msgTypes[67]
+	mi := &file_corral_v1_api_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3687,7 +3791,7 @@ func (x *RemovePoolResponse) String() string {
 func (*RemovePoolResponse) ProtoMessage() {}
 
 func (x *RemovePoolResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[67]
+	mi := &file_corral_v1_api_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3700,7 +3804,7 @@ func (x *RemovePoolResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemovePoolResponse.ProtoReflect.Descriptor instead.
 func (*RemovePoolResponse) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{67}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{69}
 }
 
 type CreateVolumeRequest struct {
@@ -3718,7 +3822,7 @@ type CreateVolumeRequest struct {
 
 func (x *CreateVolumeRequest) Reset() {
 	*x = CreateVolumeRequest{}
-	mi := &file_corral_v1_api_proto_msgTypes[68]
+	mi := &file_corral_v1_api_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3730,7 +3834,7 @@ func (x *CreateVolumeRequest) String() string {
 func (*CreateVolumeRequest) ProtoMessage() {}
 
 func (x *CreateVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[68]
+	mi := &file_corral_v1_api_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3743,7 +3847,7 @@ func (x *CreateVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateVolumeRequest.ProtoReflect.Descriptor instead.
 func (*CreateVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{68}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *CreateVolumeRequest) GetCluster() string {
@@ -3805,7 +3909,7 @@ type CreateVolumeResponse struct {
 
 func (x *CreateVolumeResponse) Reset() {
 	*x = CreateVolumeResponse{}
-	mi := &file_corral_v1_api_proto_msgTypes[69]
+	mi := &file_corral_v1_api_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3817,7 +3921,7 @@ func (x *CreateVolumeResponse) String() string {
 func (*CreateVolumeResponse) ProtoMessage() {}
 
 func (x *CreateVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[69]
+	mi := &file_corral_v1_api_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3830,7 +3934,7 @@ func (x *CreateVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateVolumeResponse.ProtoReflect.Descriptor instead.
 func (*CreateVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{69}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *CreateVolumeResponse) GetVolume() *Volume {
@@ -3857,7 +3961,7 @@ type ListVolumesRequest struct {
 
 func (x *ListVolumesRequest) Reset() {
 	*x = ListVolumesRequest{}
-	mi := &file_corral_v1_api_proto_msgTypes[70]
+	mi := &file_corral_v1_api_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3869,7 +3973,7 @@ func (x *ListVolumesRequest) String() string {
 func (*ListVolumesRequest) ProtoMessage() {}
 
 func (x *ListVolumesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[70]
+	mi := &file_corral_v1_api_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3882,7 +3986,7 @@ func (x *ListVolumesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVolumesRequest.ProtoReflect.Descriptor instead.
 func (*ListVolumesRequest) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{70}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *ListVolumesRequest) GetCluster() string {
@@ -3908,7 +4012,7 @@ type ListVolumesResponse struct {
 
 func (x *ListVolumesResponse) Reset() {
 	*x = ListVolumesResponse{}
-	mi := &file_corral_v1_api_proto_msgTypes[71]
+	mi := &file_corral_v1_api_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3920,7 +4024,7 @@ func (x *ListVolumesResponse) String() string {
 func (*ListVolumesResponse) ProtoMessage() {}
 
 func (x *ListVolumesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[71]
+	mi := &file_corral_v1_api_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3933,7 +4037,7 @@ func (x *ListVolumesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVolumesResponse.ProtoReflect.Descriptor instead.
 func (*ListVolumesResponse) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{71}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{73}
 }
 
 func (x *ListVolumesResponse) GetVolumes() []*Volume {
@@ -3955,7 +4059,7 @@ type ResizeVolumeRequest struct {
 
 func (x *ResizeVolumeRequest) Reset() {
 	*x = ResizeVolumeRequest{}
-	mi := &file_corral_v1_api_proto_msgTypes[72]
+	mi := &file_corral_v1_api_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3967,7 +4071,7 @@ func (x *ResizeVolumeRequest) String() string {
 func (*ResizeVolumeRequest) ProtoMessage() {}
 
 func (x *ResizeVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[72]
+	mi := &file_corral_v1_api_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3980,7 +4084,7 @@ func (x *ResizeVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResizeVolumeRequest.ProtoReflect.Descriptor instead.
 func (*ResizeVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{72}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{74}
 }
 
 func (x *ResizeVolumeRequest) GetCluster() string {
@@ -4020,7 +4124,7 @@ type ResizeVolumeResponse struct {
 
 func (x *ResizeVolumeResponse) Reset() {
 	*x = ResizeVolumeResponse{}
-	mi := &file_corral_v1_api_proto_msgTypes[73]
+	mi := &file_corral_v1_api_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4032,7 +4136,7 @@ func (x *ResizeVolumeResponse) String() string {
 func (*ResizeVolumeResponse) ProtoMessage() {}
 
 func (x *ResizeVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[73]
+	mi := &file_corral_v1_api_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4045,7 +4149,7 @@ func (x *ResizeVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResizeVolumeResponse.ProtoReflect.Descriptor instead.
 func (*ResizeVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{73}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{75}
 }
 
 func (x *ResizeVolumeResponse) GetTask() *Task {
@@ -4067,7 +4171,7 @@ type SnapshotVolumeRequest struct {
 
 func (x *SnapshotVolumeRequest) Reset() {
 	*x = SnapshotVolumeRequest{}
-	mi := &file_corral_v1_api_proto_msgTypes[74]
+	mi := &file_corral_v1_api_proto_msgTypes[76]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4079,7 +4183,7 @@ func (x *SnapshotVolumeRequest) String() string {
 func (*SnapshotVolumeRequest) ProtoMessage() {}
 
 func (x *SnapshotVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[74]
+	mi := &file_corral_v1_api_proto_msgTypes[76]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4092,7 +4196,7 @@ func (x *SnapshotVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotVolumeRequest.ProtoReflect.Descriptor instead.
 func (*SnapshotVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{74}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{76}
 }
 
 func (x *SnapshotVolumeRequest) GetCluster() string {
@@ -4132,7 +4236,7 @@ type SnapshotVolumeResponse struct {
 
 func (x *SnapshotVolumeResponse) Reset() {
 	*x = SnapshotVolumeResponse{}
-	mi := &file_corral_v1_api_proto_msgTypes[75]
+	mi := &file_corral_v1_api_proto_msgTypes[77]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4144,7 +4248,7 @@ func (x *SnapshotVolumeResponse) String() string {
 func (*SnapshotVolumeResponse) ProtoMessage() {}
 
 func (x *SnapshotVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[75]
+	mi := &file_corral_v1_api_proto_msgTypes[77]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4157,7 +4261,7 @@ func (x *SnapshotVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotVolumeResponse.ProtoReflect.Descriptor instead.
 func (*SnapshotVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{75}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{77}
 }
 
 func (x *SnapshotVolumeResponse) GetTask() *Task {
@@ -4179,7 +4283,7 @@ type RollbackVolumeRequest struct {
 
 func (x *RollbackVolumeRequest) Reset() {
 	*x = RollbackVolumeRequest{}
-	mi := &file_corral_v1_api_proto_msgTypes[76]
+	mi := &file_corral_v1_api_proto_msgTypes[78]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4191,7 +4295,7 @@ func (x *RollbackVolumeRequest) String() string {
 func (*RollbackVolumeRequest) ProtoMessage() {}
 
 func (x *RollbackVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[76]
+	mi := &file_corral_v1_api_proto_msgTypes[78]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4204,7 +4308,7 @@ func (x *RollbackVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RollbackVolumeRequest.ProtoReflect.Descriptor instead.
 func (*RollbackVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{76}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{78}
 }
 
 func (x *RollbackVolumeRequest) GetCluster() string {
@@ -4244,7 +4348,7 @@ type RollbackVolumeResponse struct {
 
 func (x *RollbackVolumeResponse) Reset() {
 	*x = RollbackVolumeResponse{}
-	mi := &file_corral_v1_api_proto_msgTypes[77]
+	mi := &file_corral_v1_api_proto_msgTypes[79]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4256,7 +4360,7 @@ func (x *RollbackVolumeResponse) String() string {
 func (*RollbackVolumeResponse) ProtoMessage() {}
 
 func (x *RollbackVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[77]
+	mi := &file_corral_v1_api_proto_msgTypes[79]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4269,7 +4373,7 @@ func (x *RollbackVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RollbackVolumeResponse.ProtoReflect.Descriptor instead.
 func (*RollbackVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{77}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{79}
 }
 
 func (x *RollbackVolumeResponse) GetTask() *Task {
@@ -4290,7 +4394,7 @@ type DeleteVolumeRequest struct {
 
 func (x *DeleteVolumeRequest) Reset() {
 	*x = DeleteVolumeRequest{}
-	mi := &file_corral_v1_api_proto_msgTypes[78]
+	mi := &file_corral_v1_api_proto_msgTypes[80]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4302,7 +4406,7 @@ func (x *DeleteVolumeRequest) String() string {
 func (*DeleteVolumeRequest) ProtoMessage() {}
 
 func (x *DeleteVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[78]
+	mi := &file_corral_v1_api_proto_msgTypes[80]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4315,7 +4419,7 @@ func (x *DeleteVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteVolumeRequest.ProtoReflect.Descriptor instead.
 func (*DeleteVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{78}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{80}
 }
 
 func (x *DeleteVolumeRequest) GetCluster() string {
@@ -4348,7 +4452,7 @@ type DeleteVolumeResponse struct {
 
 func (x *DeleteVolumeResponse) Reset() {
 	*x = DeleteVolumeResponse{}
-	mi := &file_corral_v1_api_proto_msgTypes[79]
+	mi := &file_corral_v1_api_proto_msgTypes[81]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4360,7 +4464,7 @@ func (x *DeleteVolumeResponse) String() string {
 func (*DeleteVolumeResponse) ProtoMessage() {}
 
 func (x *DeleteVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[79]
+	mi := &file_corral_v1_api_proto_msgTypes[81]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4373,7 +4477,7 @@ func (x *DeleteVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteVolumeResponse.ProtoReflect.Descriptor instead.
 func (*DeleteVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{79}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{81}
 }
 
 func (x *DeleteVolumeResponse) GetTask() *Task {
@@ -4395,7 +4499,7 @@ type SetTemplateRequest struct {
 
 func (x *SetTemplateRequest) Reset() {
 	*x = SetTemplateRequest{}
-	mi := &file_corral_v1_api_proto_msgTypes[80]
+	mi := &file_corral_v1_api_proto_msgTypes[82]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4407,7 +4511,7 @@ func (x *SetTemplateRequest) String() string {
 func (*SetTemplateRequest) ProtoMessage() {}
 
 func (x *SetTemplateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[80]
+	mi := &file_corral_v1_api_proto_msgTypes[82]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4420,7 +4524,7 @@ func (x *SetTemplateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetTemplateRequest.ProtoReflect.Descriptor instead.
 func (*SetTemplateRequest) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{80}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{82}
 }
 
 func (x *SetTemplateRequest) GetCluster() string {
@@ -4460,7 +4564,7 @@ type SetTemplateResponse struct {
 
 func (x *SetTemplateResponse) Reset() {
 	*x = SetTemplateResponse{}
-	mi := &file_corral_v1_api_proto_msgTypes[81]
+	mi := &file_corral_v1_api_proto_msgTypes[83]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4472,7 +4576,7 @@ func (x *SetTemplateResponse) String() string {
 func (*SetTemplateResponse) ProtoMessage() {}
 
 func (x *SetTemplateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[81]
+	mi := &file_corral_v1_api_proto_msgTypes[83]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4485,7 +4589,7 @@ func (x *SetTemplateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetTemplateResponse.ProtoReflect.Descriptor instead.
 func (*SetTemplateResponse) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{81}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{83}
 }
 
 func (x *SetTemplateResponse) GetVolume() *Volume {
@@ -4509,7 +4613,7 @@ type ImportVolumeRequest struct {
 
 func (x *ImportVolumeRequest) Reset() {
 	*x = ImportVolumeRequest{}
-	mi := &file_corral_v1_api_proto_msgTypes[82]
+	mi := &file_corral_v1_api_proto_msgTypes[84]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4521,7 +4625,7 @@ func (x *ImportVolumeRequest) String() string {
 func (*ImportVolumeRequest) ProtoMessage() {}
 
 func (x *ImportVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[82]
+	mi := &file_corral_v1_api_proto_msgTypes[84]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4534,7 +4638,7 @@ func (x *ImportVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImportVolumeRequest.ProtoReflect.Descriptor instead.
 func (*ImportVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{82}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{84}
 }
 
 func (x *ImportVolumeRequest) GetCluster() string {
@@ -4588,7 +4692,7 @@ type ImportVolumeResponse struct {
 
 func (x *ImportVolumeResponse) Reset() {
 	*x = ImportVolumeResponse{}
-	mi := &file_corral_v1_api_proto_msgTypes[83]
+	mi := &file_corral_v1_api_proto_msgTypes[85]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4600,7 +4704,7 @@ func (x *ImportVolumeResponse) String() string {
 func (*ImportVolumeResponse) ProtoMessage() {}
 
 func (x *ImportVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[83]
+	mi := &file_corral_v1_api_proto_msgTypes[85]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4613,7 +4717,7 @@ func (x *ImportVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImportVolumeResponse.ProtoReflect.Descriptor instead.
 func (*ImportVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{83}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{85}
 }
 
 func (x *ImportVolumeResponse) GetVolume() *Volume {
@@ -4632,7 +4736,7 @@ type ListTasksRequest struct {
 
 func (x *ListTasksRequest) Reset() {
 	*x = ListTasksRequest{}
-	mi := &file_corral_v1_api_proto_msgTypes[84]
+	mi := &file_corral_v1_api_proto_msgTypes[86]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4644,7 +4748,7 @@ func (x *ListTasksRequest) String() string {
 func (*ListTasksRequest) ProtoMessage() {}
 
 func (x *ListTasksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[84]
+	mi := &file_corral_v1_api_proto_msgTypes[86]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4657,7 +4761,7 @@ func (x *ListTasksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTasksRequest.ProtoReflect.Descriptor instead.
 func (*ListTasksRequest) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{84}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{86}
 }
 
 func (x *ListTasksRequest) GetCluster() string {
@@ -4676,7 +4780,7 @@ type ListTasksResponse struct {
 
 func (x *ListTasksResponse) Reset() {
 	*x = ListTasksResponse{}
-	mi := &file_corral_v1_api_proto_msgTypes[85]
+	mi := &file_corral_v1_api_proto_msgTypes[87]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4688,7 +4792,7 @@ func (x *ListTasksResponse) String() string {
 func (*ListTasksResponse) ProtoMessage() {}
 
 func (x *ListTasksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[85]
+	mi := &file_corral_v1_api_proto_msgTypes[87]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4701,7 +4805,7 @@ func (x *ListTasksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTasksResponse.ProtoReflect.Descriptor instead.
 func (*ListTasksResponse) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{85}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{87}
 }
 
 func (x *ListTasksResponse) GetTasks() []*Task {
@@ -4721,7 +4825,7 @@ type GetTaskRequest struct {
 
 func (x *GetTaskRequest) Reset() {
 	*x = GetTaskRequest{}
-	mi := &file_corral_v1_api_proto_msgTypes[86]
+	mi := &file_corral_v1_api_proto_msgTypes[88]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4733,7 +4837,7 @@ func (x *GetTaskRequest) String() string {
 func (*GetTaskRequest) ProtoMessage() {}
 
 func (x *GetTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[86]
+	mi := &file_corral_v1_api_proto_msgTypes[88]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4746,7 +4850,7 @@ func (x *GetTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTaskRequest.ProtoReflect.Descriptor instead.
 func (*GetTaskRequest) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{86}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{88}
 }
 
 func (x *GetTaskRequest) GetCluster() string {
@@ -4772,7 +4876,7 @@ type GetTaskResponse struct {
 
 func (x *GetTaskResponse) Reset() {
 	*x = GetTaskResponse{}
-	mi := &file_corral_v1_api_proto_msgTypes[87]
+	mi := &file_corral_v1_api_proto_msgTypes[89]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4784,7 +4888,7 @@ func (x *GetTaskResponse) String() string {
 func (*GetTaskResponse) ProtoMessage() {}
 
 func (x *GetTaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[87]
+	mi := &file_corral_v1_api_proto_msgTypes[89]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4797,7 +4901,7 @@ func (x *GetTaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTaskResponse.ProtoReflect.Descriptor instead.
 func (*GetTaskResponse) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{87}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{89}
 }
 
 func (x *GetTaskResponse) GetTask() *Task {
@@ -4817,7 +4921,7 @@ type WatchTaskRequest struct {
 
 func (x *WatchTaskRequest) Reset() {
 	*x = WatchTaskRequest{}
-	mi := &file_corral_v1_api_proto_msgTypes[88]
+	mi := &file_corral_v1_api_proto_msgTypes[90]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4829,7 +4933,7 @@ func (x *WatchTaskRequest) String() string {
 func (*WatchTaskRequest) ProtoMessage() {}
 
 func (x *WatchTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[88]
+	mi := &file_corral_v1_api_proto_msgTypes[90]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4842,7 +4946,7 @@ func (x *WatchTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchTaskRequest.ProtoReflect.Descriptor instead.
 func (*WatchTaskRequest) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{88}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{90}
 }
 
 func (x *WatchTaskRequest) GetCluster() string {
@@ -4868,7 +4972,7 @@ type WatchTaskResponse struct {
 
 func (x *WatchTaskResponse) Reset() {
 	*x = WatchTaskResponse{}
-	mi := &file_corral_v1_api_proto_msgTypes[89]
+	mi := &file_corral_v1_api_proto_msgTypes[91]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4880,7 +4984,7 @@ func (x *WatchTaskResponse) String() string {
 func (*WatchTaskResponse) ProtoMessage() {}
 
 func (x *WatchTaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[89]
+	mi := &file_corral_v1_api_proto_msgTypes[91]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4893,7 +4997,7 @@ func (x *WatchTaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchTaskResponse.ProtoReflect.Descriptor instead.
 func (*WatchTaskResponse) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{89}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{91}
 }
 
 func (x *WatchTaskResponse) GetTask() *Task {
@@ -4913,7 +5017,7 @@ type CancelTaskRequest struct {
 
 func (x *CancelTaskRequest) Reset() {
 	*x = CancelTaskRequest{}
-	mi := &file_corral_v1_api_proto_msgTypes[90]
+	mi := &file_corral_v1_api_proto_msgTypes[92]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4925,7 +5029,7 @@ func (x *CancelTaskRequest) String() string {
 func (*CancelTaskRequest) ProtoMessage() {}
 
 func (x *CancelTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[90]
+	mi := &file_corral_v1_api_proto_msgTypes[92]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4938,7 +5042,7 @@ func (x *CancelTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelTaskRequest.ProtoReflect.Descriptor instead.
 func (*CancelTaskRequest) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{90}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{92}
 }
 
 func (x *CancelTaskRequest) GetCluster() string {
@@ -4964,7 +5068,7 @@ type CancelTaskResponse struct {
 
 func (x *CancelTaskResponse) Reset() {
 	*x = CancelTaskResponse{}
-	mi := &file_corral_v1_api_proto_msgTypes[91]
+	mi := &file_corral_v1_api_proto_msgTypes[93]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4976,7 +5080,7 @@ func (x *CancelTaskResponse) String() string {
 func (*CancelTaskResponse) ProtoMessage() {}
 
 func (x *CancelTaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[91]
+	mi := &file_corral_v1_api_proto_msgTypes[93]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4989,7 +5093,7 @@ func (x *CancelTaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelTaskResponse.ProtoReflect.Descriptor instead.
 func (*CancelTaskResponse) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{91}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{93}
 }
 
 func (x *CancelTaskResponse) GetTask() *Task {
@@ -5011,7 +5115,7 @@ type ListEventsRequest struct {
 
 func (x *ListEventsRequest) Reset() {
 	*x = ListEventsRequest{}
-	mi := &file_corral_v1_api_proto_msgTypes[92]
+	mi := &file_corral_v1_api_proto_msgTypes[94]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5023,7 +5127,7 @@ func (x *ListEventsRequest) String() string {
 func (*ListEventsRequest) ProtoMessage() {}
 
 func (x *ListEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[92]
+	mi := &file_corral_v1_api_proto_msgTypes[94]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5036,7 +5140,7 @@ func (x *ListEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEventsRequest.ProtoReflect.Descriptor instead.
 func (*ListEventsRequest) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{92}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{94}
 }
 
 func (x *ListEventsRequest) GetCluster() string {
@@ -5076,7 +5180,7 @@ type ListEventsResponse struct {
 
 func (x *ListEventsResponse) Reset() {
 	*x = ListEventsResponse{}
-	mi := &file_corral_v1_api_proto_msgTypes[93]
+	mi := &file_corral_v1_api_proto_msgTypes[95]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5088,7 +5192,7 @@ func (x *ListEventsResponse) String() string {
 func (*ListEventsResponse) ProtoMessage() {}
 
 func (x *ListEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[93]
+	mi := &file_corral_v1_api_proto_msgTypes[95]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5101,7 +5205,7 @@ func (x *ListEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEventsResponse.ProtoReflect.Descriptor instead.
 func (*ListEventsResponse) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{93}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{95}
 }
 
 func (x *ListEventsResponse) GetEvents() []*Event {
@@ -5121,7 +5225,7 @@ type WatchEventsRequest struct {
 
 func (x *WatchEventsRequest) Reset() {
 	*x = WatchEventsRequest{}
-	mi := &file_corral_v1_api_proto_msgTypes[94]
+	mi := &file_corral_v1_api_proto_msgTypes[96]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5133,7 +5237,7 @@ func (x *WatchEventsRequest) String() string {
 func (*WatchEventsRequest) ProtoMessage() {}
 
 func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[94]
+	mi := &file_corral_v1_api_proto_msgTypes[96]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5146,7 +5250,7 @@ func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEventsRequest.ProtoReflect.Descriptor instead.
 func (*WatchEventsRequest) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{94}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{96}
 }
 
 func (x *WatchEventsRequest) GetCluster() string {
@@ -5172,7 +5276,7 @@ type WatchEventsResponse struct {
 
 func (x *WatchEventsResponse) Reset() {
 	*x = WatchEventsResponse{}
-	mi := &file_corral_v1_api_proto_msgTypes[95]
+	mi := &file_corral_v1_api_proto_msgTypes[97]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5184,7 +5288,7 @@ func (x *WatchEventsResponse) String() string {
 func (*WatchEventsResponse) ProtoMessage() {}
 
 func (x *WatchEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_corral_v1_api_proto_msgTypes[95]
+	mi := &file_corral_v1_api_proto_msgTypes[97]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5197,7 +5301,7 @@ func (x *WatchEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEventsResponse.ProtoReflect.Descriptor instead.
 func (*WatchEventsResponse) Descriptor() ([]byte, []int) {
-	return file_corral_v1_api_proto_rawDescGZIP(), []int{95}
+	return file_corral_v1_api_proto_rawDescGZIP(), []int{97}
 }
 
 func (x *WatchEventsResponse) GetEvent() *Event {
@@ -5410,7 +5514,13 @@ const file_corral_v1_api_proto_rawDesc = "" +
 	"\x0fmax_downtime_ms\x18\x04 \x01(\x03R\rmaxDowntimeMs\x12%\n" +
 	"\x0ebandwidth_mibs\x18\x05 \x01(\x03R\rbandwidthMibs\"8\n" +
 	"\x11MigrateVMResponse\x12#\n" +
-	"\x04task\x18\x01 \x01(\v2\x0f.corral.v1.TaskR\x04task\"l\n" +
+	"\x04task\x18\x01 \x01(\v2\x0f.corral.v1.TaskR\x04task\"Q\n" +
+	"\rMoveVMRequest\x12\x18\n" +
+	"\acluster\x18\x01 \x01(\tR\acluster\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n" +
+	"\x04node\x18\x03 \x01(\tR\x04node\"/\n" +
+	"\x0eMoveVMResponse\x12\x1d\n" +
+	"\x02vm\x18\x01 \x01(\v2\r.corral.v1.VMR\x02vm\"l\n" +
 	"\x0eConsoleRequest\x12\x18\n" +
 	"\acluster\x18\x01 \x01(\tR\acluster\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x14\n" +
@@ -5568,7 +5678,7 @@ const file_corral_v1_api_proto_rawDesc = "" +
 	"\aGetNode\x12\x19.corral.v1.GetNodeRequest\x1a\x1a.corral.v1.GetNodeResponse\x12F\n" +
 	"\tDrainNode\x12\x1b.corral.v1.DrainNodeRequest\x1a\x1c.corral.v1.DrainNodeResponse\x12I\n" +
 	"\n" +
-	"ResumeNode\x12\x1c.corral.v1.ResumeNodeRequest\x1a\x1d.corral.v1.ResumeNodeResponse2\xac\x05\n" +
+	"ResumeNode\x12\x1c.corral.v1.ResumeNodeRequest\x1a\x1d.corral.v1.ResumeNodeResponse2\xeb\x05\n" +
 	"\tVMService\x12C\n" +
 	"\bCreateVM\x12\x1a.corral.v1.CreateVMRequest\x1a\x1b.corral.v1.CreateVMResponse\x12@\n" +
 	"\aListVMs\x12\x19.corral.v1.ListVMsRequest\x1a\x1a.corral.v1.ListVMsResponse\x12:\n" +
@@ -5578,7 +5688,8 @@ const file_corral_v1_api_proto_rawDesc = "" +
 	"\x06StopVM\x12\x18.corral.v1.StopVMRequest\x1a\x19.corral.v1.StopVMResponse\x12C\n" +
 	"\bRebootVM\x12\x1a.corral.v1.RebootVMRequest\x1a\x1b.corral.v1.RebootVMResponse\x12C\n" +
 	"\bDeleteVM\x12\x1a.corral.v1.DeleteVMRequest\x1a\x1b.corral.v1.DeleteVMResponse\x12F\n" +
-	"\tMigrateVM\x12\x1b.corral.v1.MigrateVMRequest\x1a\x1c.corral.v1.MigrateVMResponse\x12D\n" +
+	"\tMigrateVM\x12\x1b.corral.v1.MigrateVMRequest\x1a\x1c.corral.v1.MigrateVMResponse\x12=\n" +
+	"\x06MoveVM\x12\x18.corral.v1.MoveVMRequest\x1a\x19.corral.v1.MoveVMResponse\x12D\n" +
 	"\aConsole\x12\x19.corral.v1.ConsoleRequest\x1a\x1a.corral.v1.ConsoleResponse(\x010\x012\xd4\x02\n" +
 	"\x0eNetworkService\x12R\n" +
 	"\rCreateNetwork\x12\x1f.corral.v1.CreateNetworkRequest\x1a .corral.v1.CreateNetworkResponse\x12O\n" +
@@ -5622,7 +5733,7 @@ func file_corral_v1_api_proto_rawDescGZIP() []byte {
 	return file_corral_v1_api_proto_rawDescData
 }
 
-var file_corral_v1_api_proto_msgTypes = make([]protoimpl.MessageInfo, 96)
+var file_corral_v1_api_proto_msgTypes = make([]protoimpl.MessageInfo, 98)
 var file_corral_v1_api_proto_goTypes = []any{
 	(*ReadIndexRequest)(nil),        // 0: corral.v1.ReadIndexRequest
 	(*ReadIndexResponse)(nil),       // 1: corral.v1.ReadIndexResponse
@@ -5676,214 +5787,219 @@ var file_corral_v1_api_proto_goTypes = []any{
 	(*DeleteVMResponse)(nil),        // 49: corral.v1.DeleteVMResponse
 	(*MigrateVMRequest)(nil),        // 50: corral.v1.MigrateVMRequest
 	(*MigrateVMResponse)(nil),       // 51: corral.v1.MigrateVMResponse
-	(*ConsoleRequest)(nil),          // 52: corral.v1.ConsoleRequest
-	(*ConsoleResponse)(nil),         // 53: corral.v1.ConsoleResponse
-	(*CreateNetworkRequest)(nil),    // 54: corral.v1.CreateNetworkRequest
-	(*CreateNetworkResponse)(nil),   // 55: corral.v1.CreateNetworkResponse
-	(*ListNetworksRequest)(nil),     // 56: corral.v1.ListNetworksRequest
-	(*ListNetworksResponse)(nil),    // 57: corral.v1.ListNetworksResponse
-	(*GetNetworkRequest)(nil),       // 58: corral.v1.GetNetworkRequest
-	(*GetNetworkResponse)(nil),      // 59: corral.v1.GetNetworkResponse
-	(*DeleteNetworkRequest)(nil),    // 60: corral.v1.DeleteNetworkRequest
-	(*DeleteNetworkResponse)(nil),   // 61: corral.v1.DeleteNetworkResponse
-	(*AddPoolRequest)(nil),          // 62: corral.v1.AddPoolRequest
-	(*AddPoolResponse)(nil),         // 63: corral.v1.AddPoolResponse
-	(*ListPoolsRequest)(nil),        // 64: corral.v1.ListPoolsRequest
-	(*ListPoolsResponse)(nil),       // 65: corral.v1.ListPoolsResponse
-	(*RemovePoolRequest)(nil),       // 66: corral.v1.RemovePoolRequest
-	(*RemovePoolResponse)(nil),      // 67: corral.v1.RemovePoolResponse
-	(*CreateVolumeRequest)(nil),     // 68: corral.v1.CreateVolumeRequest
-	(*CreateVolumeResponse)(nil),    // 69: corral.v1.CreateVolumeResponse
-	(*ListVolumesRequest)(nil),      // 70: corral.v1.ListVolumesRequest
-	(*ListVolumesResponse)(nil),     // 71: corral.v1.ListVolumesResponse
-	(*ResizeVolumeRequest)(nil),     // 72: corral.v1.ResizeVolumeRequest
-	(*ResizeVolumeResponse)(nil),    // 73: corral.v1.ResizeVolumeResponse
-	(*SnapshotVolumeRequest)(nil),   // 74: corral.v1.SnapshotVolumeRequest
-	(*SnapshotVolumeResponse)(nil),  // 75: corral.v1.SnapshotVolumeResponse
-	(*RollbackVolumeRequest)(nil),   // 76: corral.v1.RollbackVolumeRequest
-	(*RollbackVolumeResponse)(nil),  // 77: corral.v1.RollbackVolumeResponse
-	(*DeleteVolumeRequest)(nil),     // 78: corral.v1.DeleteVolumeRequest
-	(*DeleteVolumeResponse)(nil),    // 79: corral.v1.DeleteVolumeResponse
-	(*SetTemplateRequest)(nil),      // 80: corral.v1.SetTemplateRequest
-	(*SetTemplateResponse)(nil),     // 81: corral.v1.SetTemplateResponse
-	(*ImportVolumeRequest)(nil),     // 82: corral.v1.ImportVolumeRequest
-	(*ImportVolumeResponse)(nil),    // 83: corral.v1.ImportVolumeResponse
-	(*ListTasksRequest)(nil),        // 84: corral.v1.ListTasksRequest
-	(*ListTasksResponse)(nil),       // 85: corral.v1.ListTasksResponse
-	(*GetTaskRequest)(nil),          // 86: corral.v1.GetTaskRequest
-	(*GetTaskResponse)(nil),         // 87: corral.v1.GetTaskResponse
-	(*WatchTaskRequest)(nil),        // 88: corral.v1.WatchTaskRequest
-	(*WatchTaskResponse)(nil),       // 89: corral.v1.WatchTaskResponse
-	(*CancelTaskRequest)(nil),       // 90: corral.v1.CancelTaskRequest
-	(*CancelTaskResponse)(nil),      // 91: corral.v1.CancelTaskResponse
-	(*ListEventsRequest)(nil),       // 92: corral.v1.ListEventsRequest
-	(*ListEventsResponse)(nil),      // 93: corral.v1.ListEventsResponse
-	(*WatchEventsRequest)(nil),      // 94: corral.v1.WatchEventsRequest
-	(*WatchEventsResponse)(nil),     // 95: corral.v1.WatchEventsResponse
-	(NodeRole)(0),                   // 96: corral.v1.NodeRole
-	(NodeHealth)(0),                 // 97: corral.v1.NodeHealth
-	(*Settings)(nil),                // 98: corral.v1.Settings
-	(*Command)(nil),                 // 99: corral.v1.Command
-	(*Node)(nil),                    // 100: corral.v1.Node
-	(*VM)(nil),                      // 101: corral.v1.VM
-	(*Task)(nil),                    // 102: corral.v1.Task
-	(*VMSpec)(nil),                  // 103: corral.v1.VMSpec
-	(*Network)(nil),                 // 104: corral.v1.Network
-	(*StoragePool)(nil),             // 105: corral.v1.StoragePool
-	(*Volume)(nil),                  // 106: corral.v1.Volume
-	(*Event)(nil),                   // 107: corral.v1.Event
+	(*MoveVMRequest)(nil),           // 52: corral.v1.MoveVMRequest
+	(*MoveVMResponse)(nil),          // 53: corral.v1.MoveVMResponse
+	(*ConsoleRequest)(nil),          // 54: corral.v1.ConsoleRequest
+	(*ConsoleResponse)(nil),         // 55: corral.v1.ConsoleResponse
+	(*CreateNetworkRequest)(nil),    // 56: corral.v1.CreateNetworkRequest
+	(*CreateNetworkResponse)(nil),   // 57: corral.v1.CreateNetworkResponse
+	(*ListNetworksRequest)(nil),     // 58: corral.v1.ListNetworksRequest
+	(*ListNetworksResponse)(nil),    // 59: corral.v1.ListNetworksResponse
+	(*GetNetworkRequest)(nil),       // 60: corral.v1.GetNetworkRequest
+	(*GetNetworkResponse)(nil),      // 61: corral.v1.GetNetworkResponse
+	(*DeleteNetworkRequest)(nil),    // 62: corral.v1.DeleteNetworkRequest
+	(*DeleteNetworkResponse)(nil),   // 63: corral.v1.DeleteNetworkResponse
+	(*AddPoolRequest)(nil),          // 64: corral.v1.AddPoolRequest
+	(*AddPoolResponse)(nil),         // 65: corral.v1.AddPoolResponse
+	(*ListPoolsRequest)(nil),        // 66: corral.v1.ListPoolsRequest
+	(*ListPoolsResponse)(nil),       // 67: corral.v1.ListPoolsResponse
+	(*RemovePoolRequest)(nil),       // 68: corral.v1.RemovePoolRequest
+	(*RemovePoolResponse)(nil),      // 69: corral.v1.RemovePoolResponse
+	(*CreateVolumeRequest)(nil),     // 70: corral.v1.CreateVolumeRequest
+	(*CreateVolumeResponse)(nil),    // 71: corral.v1.CreateVolumeResponse
+	(*ListVolumesRequest)(nil),      // 72: corral.v1.ListVolumesRequest
+	(*ListVolumesResponse)(nil),     // 73: corral.v1.ListVolumesResponse
+	(*ResizeVolumeRequest)(nil),     // 74: corral.v1.ResizeVolumeRequest
+	(*ResizeVolumeResponse)(nil),    // 75: corral.v1.ResizeVolumeResponse
+	(*SnapshotVolumeRequest)(nil),   // 76: corral.v1.SnapshotVolumeRequest
+	(*SnapshotVolumeResponse)(nil),  // 77: corral.v1.SnapshotVolumeResponse
+	(*RollbackVolumeRequest)(nil),   // 78: corral.v1.RollbackVolumeRequest
+	(*RollbackVolumeResponse)(nil),  // 79: corral.v1.RollbackVolumeResponse
+	(*DeleteVolumeRequest)(nil),     // 80: corral.v1.DeleteVolumeRequest
+	(*DeleteVolumeResponse)(nil),    // 81: corral.v1.DeleteVolumeResponse
+	(*SetTemplateRequest)(nil),      // 82: corral.v1.SetTemplateRequest
+	(*SetTemplateResponse)(nil),     // 83: corral.v1.SetTemplateResponse
+	(*ImportVolumeRequest)(nil),     // 84: corral.v1.ImportVolumeRequest
+	(*ImportVolumeResponse)(nil),    // 85: corral.v1.ImportVolumeResponse
+	(*ListTasksRequest)(nil),        // 86: corral.v1.ListTasksRequest
+	(*ListTasksResponse)(nil),       // 87: corral.v1.ListTasksResponse
+	(*GetTaskRequest)(nil),          // 88: corral.v1.GetTaskRequest
+	(*GetTaskResponse)(nil),         // 89: corral.v1.GetTaskResponse
+	(*WatchTaskRequest)(nil),        // 90: corral.v1.WatchTaskRequest
+	(*WatchTaskResponse)(nil),       // 91: corral.v1.WatchTaskResponse
+	(*CancelTaskRequest)(nil),       // 92: corral.v1.CancelTaskRequest
+	(*CancelTaskResponse)(nil),      // 93: corral.v1.CancelTaskResponse
+	(*ListEventsRequest)(nil),       // 94: corral.v1.ListEventsRequest
+	(*ListEventsResponse)(nil),      // 95: corral.v1.ListEventsResponse
+	(*WatchEventsRequest)(nil),      // 96: corral.v1.WatchEventsRequest
+	(*WatchEventsResponse)(nil),     // 97: corral.v1.WatchEventsResponse
+	(NodeRole)(0),                   // 98: corral.v1.NodeRole
+	(NodeHealth)(0),                 // 99: corral.v1.NodeHealth
+	(*Settings)(nil),                // 100: corral.v1.Settings
+	(*Command)(nil),                 // 101: corral.v1.Command
+	(*Node)(nil),                    // 102: corral.v1.Node
+	(*VM)(nil),                      // 103: corral.v1.VM
+	(*Task)(nil),                    // 104: corral.v1.Task
+	(*VMSpec)(nil),                  // 105: corral.v1.VMSpec
+	(*Network)(nil),                 // 106: corral.v1.Network
+	(*StoragePool)(nil),             // 107: corral.v1.StoragePool
+	(*Volume)(nil),                  // 108: corral.v1.Volume
+	(*Event)(nil),                   // 109: corral.v1.Event
 }
 var file_corral_v1_api_proto_depIdxs = []int32{
-	96,  // 0: corral.v1.InitClusterRequest.role:type_name -> corral.v1.NodeRole
+	98,  // 0: corral.v1.InitClusterRequest.role:type_name -> corral.v1.NodeRole
 	14,  // 1: corral.v1.InitClusterResponse.status:type_name -> corral.v1.ClusterStatusResponse
-	96,  // 2: corral.v1.JoinClusterRequest.role:type_name -> corral.v1.NodeRole
+	98,  // 2: corral.v1.JoinClusterRequest.role:type_name -> corral.v1.NodeRole
 	14,  // 3: corral.v1.JoinClusterResponse.status:type_name -> corral.v1.ClusterStatusResponse
-	96,  // 4: corral.v1.AdmitRequest.role:type_name -> corral.v1.NodeRole
-	96,  // 5: corral.v1.CreateJoinTokenRequest.role:type_name -> corral.v1.NodeRole
-	96,  // 6: corral.v1.Member.role:type_name -> corral.v1.NodeRole
-	97,  // 7: corral.v1.Member.health:type_name -> corral.v1.NodeHealth
+	98,  // 4: corral.v1.AdmitRequest.role:type_name -> corral.v1.NodeRole
+	98,  // 5: corral.v1.CreateJoinTokenRequest.role:type_name -> corral.v1.NodeRole
+	98,  // 6: corral.v1.Member.role:type_name -> corral.v1.NodeRole
+	99,  // 7: corral.v1.Member.health:type_name -> corral.v1.NodeHealth
 	13,  // 8: corral.v1.ClusterStatusResponse.members:type_name -> corral.v1.Member
-	98,  // 9: corral.v1.ClusterStatusResponse.settings:type_name -> corral.v1.Settings
-	98,  // 10: corral.v1.UpdateSettingsRequest.settings:type_name -> corral.v1.Settings
-	98,  // 11: corral.v1.UpdateSettingsResponse.settings:type_name -> corral.v1.Settings
-	99,  // 12: corral.v1.ProposeRequest.command:type_name -> corral.v1.Command
-	100, // 13: corral.v1.ListNodesResponse.nodes:type_name -> corral.v1.Node
-	100, // 14: corral.v1.GetNodeResponse.node:type_name -> corral.v1.Node
-	101, // 15: corral.v1.GetNodeResponse.vms:type_name -> corral.v1.VM
-	102, // 16: corral.v1.DrainNodeResponse.task:type_name -> corral.v1.Task
-	100, // 17: corral.v1.ResumeNodeResponse.node:type_name -> corral.v1.Node
-	103, // 18: corral.v1.CreateVMRequest.spec:type_name -> corral.v1.VMSpec
-	101, // 19: corral.v1.CreateVMResponse.vm:type_name -> corral.v1.VM
+	100, // 9: corral.v1.ClusterStatusResponse.settings:type_name -> corral.v1.Settings
+	100, // 10: corral.v1.UpdateSettingsRequest.settings:type_name -> corral.v1.Settings
+	100, // 11: corral.v1.UpdateSettingsResponse.settings:type_name -> corral.v1.Settings
+	101, // 12: corral.v1.ProposeRequest.command:type_name -> corral.v1.Command
+	102, // 13: corral.v1.ListNodesResponse.nodes:type_name -> corral.v1.Node
+	102, // 14: corral.v1.GetNodeResponse.node:type_name -> corral.v1.Node
+	103, // 15: corral.v1.GetNodeResponse.vms:type_name -> corral.v1.VM
+	104, // 16: corral.v1.DrainNodeResponse.task:type_name -> corral.v1.Task
+	102, // 17: corral.v1.ResumeNodeResponse.node:type_name -> corral.v1.Node
+	105, // 18: corral.v1.CreateVMRequest.spec:type_name -> corral.v1.VMSpec
+	103, // 19: corral.v1.CreateVMResponse.vm:type_name -> corral.v1.VM
 	34,  // 20: corral.v1.CreateVMResponse.placements:type_name -> corral.v1.Placement
-	101, // 21: corral.v1.ListVMsResponse.vms:type_name -> corral.v1.VM
-	101, // 22: corral.v1.GetVMResponse.vm:type_name -> corral.v1.VM
-	103, // 23: corral.v1.UpdateVMRequest.spec:type_name -> corral.v1.VMSpec
-	101, // 24: corral.v1.UpdateVMResponse.vm:type_name -> corral.v1.VM
-	101, // 25: corral.v1.StartVMResponse.vm:type_name -> corral.v1.VM
-	101, // 26: corral.v1.StopVMResponse.vm:type_name -> corral.v1.VM
-	101, // 27: corral.v1.RebootVMResponse.vm:type_name -> corral.v1.VM
-	102, // 28: corral.v1.MigrateVMResponse.task:type_name -> corral.v1.Task
-	104, // 29: corral.v1.CreateNetworkRequest.network:type_name -> corral.v1.Network
-	104, // 30: corral.v1.CreateNetworkResponse.network:type_name -> corral.v1.Network
-	104, // 31: corral.v1.ListNetworksResponse.networks:type_name -> corral.v1.Network
-	104, // 32: corral.v1.GetNetworkResponse.network:type_name -> corral.v1.Network
-	105, // 33: corral.v1.AddPoolRequest.pool:type_name -> corral.v1.StoragePool
-	105, // 34: corral.v1.AddPoolResponse.pool:type_name -> corral.v1.StoragePool
-	105, // 35: corral.v1.ListPoolsResponse.pools:type_name -> corral.v1.StoragePool
-	106, // 36: corral.v1.CreateVolumeResponse.volume:type_name -> corral.v1.Volume
-	102, // 37: corral.v1.CreateVolumeResponse.task:type_name -> corral.v1.Task
-	106, // 38: corral.v1.ListVolumesResponse.volumes:type_name -> corral.v1.Volume
-	102, // 39: corral.v1.ResizeVolumeResponse.task:type_name -> corral.v1.Task
-	102, // 40: corral.v1.SnapshotVolumeResponse.task:type_name -> corral.v1.Task
-	102, // 41: corral.v1.RollbackVolumeResponse.task:type_name -> corral.v1.Task
-	102, // 42: corral.v1.DeleteVolumeResponse.task:type_name -> corral.v1.Task
-	106, // 43: corral.v1.SetTemplateResponse.volume:type_name -> corral.v1.Volume
-	106, // 44: corral.v1.ImportVolumeResponse.volume:type_name -> corral.v1.Volume
-	102, // 45: corral.v1.ListTasksResponse.tasks:type_name -> corral.v1.Task
-	102, // 46: corral.v1.GetTaskResponse.task:type_name -> corral.v1.Task
-	102, // 47: corral.v1.WatchTaskResponse.task:type_name -> corral.v1.Task
-	102, // 48: corral.v1.CancelTaskResponse.task:type_name -> corral.v1.Task
-	107, // 49: corral.v1.ListEventsResponse.events:type_name -> corral.v1.Event
-	107, // 50: corral.v1.WatchEventsResponse.event:type_name -> corral.v1.Event
-	2,   // 51: corral.v1.ClusterService.InitCluster:input_type -> corral.v1.InitClusterRequest
-	4,   // 52: corral.v1.ClusterService.JoinCluster:input_type -> corral.v1.JoinClusterRequest
-	6,   // 53: corral.v1.ClusterService.Admit:input_type -> corral.v1.AdmitRequest
-	8,   // 54: corral.v1.ClusterService.CreateJoinToken:input_type -> corral.v1.CreateJoinTokenRequest
-	10,  // 55: corral.v1.ClusterService.RemoveNode:input_type -> corral.v1.RemoveNodeRequest
-	12,  // 56: corral.v1.ClusterService.ClusterStatus:input_type -> corral.v1.ClusterStatusRequest
-	15,  // 57: corral.v1.ClusterService.IssueAdminCert:input_type -> corral.v1.IssueAdminCertRequest
-	17,  // 58: corral.v1.ClusterService.ListClusters:input_type -> corral.v1.ListClustersRequest
-	19,  // 59: corral.v1.ClusterService.UpdateSettings:input_type -> corral.v1.UpdateSettingsRequest
-	21,  // 60: corral.v1.ClusterService.Propose:input_type -> corral.v1.ProposeRequest
-	23,  // 61: corral.v1.ClusterService.Heartbeat:input_type -> corral.v1.HeartbeatRequest
-	0,   // 62: corral.v1.ClusterService.ReadIndex:input_type -> corral.v1.ReadIndexRequest
-	25,  // 63: corral.v1.NodeService.ListNodes:input_type -> corral.v1.ListNodesRequest
-	27,  // 64: corral.v1.NodeService.GetNode:input_type -> corral.v1.GetNodeRequest
-	29,  // 65: corral.v1.NodeService.DrainNode:input_type -> corral.v1.DrainNodeRequest
-	31,  // 66: corral.v1.NodeService.ResumeNode:input_type -> corral.v1.ResumeNodeRequest
-	33,  // 67: corral.v1.VMService.CreateVM:input_type -> corral.v1.CreateVMRequest
-	36,  // 68: corral.v1.VMService.ListVMs:input_type -> corral.v1.ListVMsRequest
-	38,  // 69: corral.v1.VMService.GetVM:input_type -> corral.v1.GetVMRequest
-	40,  // 70: corral.v1.VMService.UpdateVM:input_type -> corral.v1.UpdateVMRequest
-	42,  // 71: corral.v1.VMService.StartVM:input_type -> corral.v1.StartVMRequest
-	44,  // 72: corral.v1.VMService.StopVM:input_type -> corral.v1.StopVMRequest
-	46,  // 73: corral.v1.VMService.RebootVM:input_type -> corral.v1.RebootVMRequest
-	48,  // 74: corral.v1.VMService.DeleteVM:input_type -> corral.v1.DeleteVMRequest
-	50,  // 75: corral.v1.VMService.MigrateVM:input_type -> corral.v1.MigrateVMRequest
-	52,  // 76: corral.v1.VMService.Console:input_type -> corral.v1.ConsoleRequest
-	54,  // 77: corral.v1.NetworkService.CreateNetwork:input_type -> corral.v1.CreateNetworkRequest
-	56,  // 78: corral.v1.NetworkService.ListNetworks:input_type -> corral.v1.ListNetworksRequest
-	58,  // 79: corral.v1.NetworkService.GetNetwork:input_type -> corral.v1.GetNetworkRequest
-	60,  // 80: corral.v1.NetworkService.DeleteNetwork:input_type -> corral.v1.DeleteNetworkRequest
-	62,  // 81: corral.v1.StorageService.AddPool:input_type -> corral.v1.AddPoolRequest
-	64,  // 82: corral.v1.StorageService.ListPools:input_type -> corral.v1.ListPoolsRequest
-	66,  // 83: corral.v1.StorageService.RemovePool:input_type -> corral.v1.RemovePoolRequest
-	68,  // 84: corral.v1.StorageService.CreateVolume:input_type -> corral.v1.CreateVolumeRequest
-	70,  // 85: corral.v1.StorageService.ListVolumes:input_type -> corral.v1.ListVolumesRequest
-	72,  // 86: corral.v1.StorageService.ResizeVolume:input_type -> corral.v1.ResizeVolumeRequest
-	74,  // 87: corral.v1.StorageService.SnapshotVolume:input_type -> corral.v1.SnapshotVolumeRequest
-	76,  // 88: corral.v1.StorageService.RollbackVolume:input_type -> corral.v1.RollbackVolumeRequest
-	78,  // 89: corral.v1.StorageService.DeleteVolume:input_type -> corral.v1.DeleteVolumeRequest
-	80,  // 90: corral.v1.StorageService.SetTemplate:input_type -> corral.v1.SetTemplateRequest
-	82,  // 91: corral.v1.StorageService.ImportVolume:input_type -> corral.v1.ImportVolumeRequest
-	84,  // 92: corral.v1.TaskService.ListTasks:input_type -> corral.v1.ListTasksRequest
-	86,  // 93: corral.v1.TaskService.GetTask:input_type -> corral.v1.GetTaskRequest
-	88,  // 94: corral.v1.TaskService.WatchTask:input_type -> corral.v1.WatchTaskRequest
-	90,  // 95: corral.v1.TaskService.CancelTask:input_type -> corral.v1.CancelTaskRequest
-	92,  // 96: corral.v1.EventService.ListEvents:input_type -> corral.v1.ListEventsRequest
-	94,  // 97: corral.v1.EventService.WatchEvents:input_type -> corral.v1.WatchEventsRequest
-	3,   // 98: corral.v1.ClusterService.InitCluster:output_type -> corral.v1.InitClusterResponse
-	5,   // 99: corral.v1.ClusterService.JoinCluster:output_type -> corral.v1.JoinClusterResponse
-	7,   // 100: corral.v1.ClusterService.Admit:output_type -> corral.v1.AdmitResponse
-	9,   // 101: corral.v1.ClusterService.CreateJoinToken:output_type -> corral.v1.CreateJoinTokenResponse
-	11,  // 102: corral.v1.ClusterService.RemoveNode:output_type -> corral.v1.RemoveNodeResponse
-	14,  // 103: corral.v1.ClusterService.ClusterStatus:output_type -> corral.v1.ClusterStatusResponse
-	16,  // 104: corral.v1.ClusterService.IssueAdminCert:output_type -> corral.v1.IssueAdminCertResponse
-	18,  // 105: corral.v1.ClusterService.ListClusters:output_type -> corral.v1.ListClustersResponse
-	20,  // 106: corral.v1.ClusterService.UpdateSettings:output_type -> corral.v1.UpdateSettingsResponse
-	22,  // 107: corral.v1.ClusterService.Propose:output_type -> corral.v1.ProposeResponse
-	24,  // 108: corral.v1.ClusterService.Heartbeat:output_type -> corral.v1.HeartbeatResponse
-	1,   // 109: corral.v1.ClusterService.ReadIndex:output_type -> corral.v1.ReadIndexResponse
-	26,  // 110: corral.v1.NodeService.ListNodes:output_type -> corral.v1.ListNodesResponse
-	28,  // 111: corral.v1.NodeService.GetNode:output_type -> corral.v1.GetNodeResponse
-	30,  // 112: corral.v1.NodeService.DrainNode:output_type -> corral.v1.DrainNodeResponse
-	32,  // 113: corral.v1.NodeService.ResumeNode:output_type -> corral.v1.ResumeNodeResponse
-	35,  // 114: corral.v1.VMService.CreateVM:output_type -> corral.v1.CreateVMResponse
-	37,  // 115: corral.v1.VMService.ListVMs:output_type -> corral.v1.ListVMsResponse
-	39,  // 116: corral.v1.VMService.GetVM:output_type -> corral.v1.GetVMResponse
-	41,  // 117: corral.v1.VMService.UpdateVM:output_type -> corral.v1.UpdateVMResponse
-	43,  // 118: corral.v1.VMService.StartVM:output_type -> corral.v1.StartVMResponse
-	45,  // 119: corral.v1.VMService.StopVM:output_type -> corral.v1.StopVMResponse
-	47,  // 120: corral.v1.VMService.RebootVM:output_type -> corral.v1.RebootVMResponse
-	49,  // 121: corral.v1.VMService.DeleteVM:output_type -> corral.v1.DeleteVMResponse
-	51,  // 122: corral.v1.VMService.MigrateVM:output_type -> corral.v1.MigrateVMResponse
-	53,  // 123: corral.v1.VMService.Console:output_type -> corral.v1.ConsoleResponse
-	55,  // 124: corral.v1.NetworkService.CreateNetwork:output_type -> corral.v1.CreateNetworkResponse
-	57,  // 125: corral.v1.NetworkService.ListNetworks:output_type -> corral.v1.ListNetworksResponse
-	59,  // 126: corral.v1.NetworkService.GetNetwork:output_type -> corral.v1.GetNetworkResponse
-	61,  // 127: corral.v1.NetworkService.DeleteNetwork:output_type -> corral.v1.DeleteNetworkResponse
-	63,  // 128: corral.v1.StorageService.AddPool:output_type -> corral.v1.AddPoolResponse
-	65,  // 129: corral.v1.StorageService.ListPools:output_type -> corral.v1.ListPoolsResponse
-	67,  // 130: corral.v1.StorageService.RemovePool:output_type -> corral.v1.RemovePoolResponse
-	69,  // 131: corral.v1.StorageService.CreateVolume:output_type -> corral.v1.CreateVolumeResponse
-	71,  // 132: corral.v1.StorageService.ListVolumes:output_type -> corral.v1.ListVolumesResponse
-	73,  // 133: corral.v1.StorageService.ResizeVolume:output_type -> corral.v1.ResizeVolumeResponse
-	75,  // 134: corral.v1.StorageService.SnapshotVolume:output_type -> corral.v1.SnapshotVolumeResponse
-	77,  // 135: corral.v1.StorageService.RollbackVolume:output_type -> corral.v1.RollbackVolumeResponse
-	79,  // 136: corral.v1.StorageService.DeleteVolume:output_type -> corral.v1.DeleteVolumeResponse
-	81,  // 137: corral.v1.StorageService.SetTemplate:output_type -> corral.v1.SetTemplateResponse
-	83,  // 138: corral.v1.StorageService.ImportVolume:output_type -> corral.v1.ImportVolumeResponse
-	85,  // 139: corral.v1.TaskService.ListTasks:output_type -> corral.v1.ListTasksResponse
-	87,  // 140: corral.v1.TaskService.GetTask:output_type -> corral.v1.GetTaskResponse
-	89,  // 141: corral.v1.TaskService.WatchTask:output_type -> corral.v1.WatchTaskResponse
-	91,  // 142: corral.v1.TaskService.CancelTask:output_type -> corral.v1.CancelTaskResponse
-	93,  // 143: corral.v1.EventService.ListEvents:output_type -> corral.v1.ListEventsResponse
-	95,  // 144: corral.v1.EventService.WatchEvents:output_type -> corral.v1.WatchEventsResponse
-	98,  // [98:145] is the sub-list for method output_type
-	51,  // [51:98] is the sub-list for method input_type
-	51,  // [51:51] is the sub-list for extension type_name
-	51,  // [51:51] is the sub-list for extension extendee
-	0,   // [0:51] is the sub-list for field type_name
+	103, // 21: corral.v1.ListVMsResponse.vms:type_name -> corral.v1.VM
+	103, // 22: corral.v1.GetVMResponse.vm:type_name -> corral.v1.VM
+	105, // 23: corral.v1.UpdateVMRequest.spec:type_name -> corral.v1.VMSpec
+	103, // 24: corral.v1.UpdateVMResponse.vm:type_name -> corral.v1.VM
+	103, // 25: corral.v1.StartVMResponse.vm:type_name -> corral.v1.VM
+	103, // 26: corral.v1.StopVMResponse.vm:type_name -> corral.v1.VM
+	103, // 27: corral.v1.RebootVMResponse.vm:type_name -> corral.v1.VM
+	104, // 28: corral.v1.MigrateVMResponse.task:type_name -> corral.v1.Task
+	103, // 29: corral.v1.MoveVMResponse.vm:type_name -> corral.v1.VM
+	106, // 30: corral.v1.CreateNetworkRequest.network:type_name -> corral.v1.Network
+	106, // 31: corral.v1.CreateNetworkResponse.network:type_name -> corral.v1.Network
+	106, // 32: corral.v1.ListNetworksResponse.networks:type_name -> corral.v1.Network
+	106, // 33: corral.v1.GetNetworkResponse.network:type_name -> corral.v1.Network
+	107, // 34: corral.v1.AddPoolRequest.pool:type_name -> corral.v1.StoragePool
+	107, // 35: corral.v1.AddPoolResponse.pool:type_name -> corral.v1.StoragePool
+	107, // 36: corral.v1.ListPoolsResponse.pools:type_name -> corral.v1.StoragePool
+	108, // 37: corral.v1.CreateVolumeResponse.volume:type_name -> corral.v1.Volume
+	104, // 38: corral.v1.CreateVolumeResponse.task:type_name -> corral.v1.Task
+	108, // 39: corral.v1.ListVolumesResponse.volumes:type_name -> corral.v1.Volume
+	104, // 40: corral.v1.ResizeVolumeResponse.task:type_name -> corral.v1.Task
+	104, // 41: corral.v1.SnapshotVolumeResponse.task:type_name -> corral.v1.Task
+	104, // 42: corral.v1.RollbackVolumeResponse.task:type_name -> corral.v1.Task
+	104, // 43: corral.v1.DeleteVolumeResponse.task:type_name -> corral.v1.Task
+	108, // 44: corral.v1.SetTemplateResponse.volume:type_name -> corral.v1.Volume
+	108, // 45: corral.v1.ImportVolumeResponse.volume:type_name -> corral.v1.Volume
+	104, // 46: corral.v1.ListTasksResponse.tasks:type_name -> corral.v1.Task
+	104, // 47: corral.v1.GetTaskResponse.task:type_name -> corral.v1.Task
+	104, // 48: corral.v1.WatchTaskResponse.task:type_name -> corral.v1.Task
+	104, // 49: corral.v1.CancelTaskResponse.task:type_name -> corral.v1.Task
+	109, // 50: corral.v1.ListEventsResponse.events:type_name -> corral.v1.Event
+	109, // 51: corral.v1.WatchEventsResponse.event:type_name -> corral.v1.Event
+	2,   // 52: corral.v1.ClusterService.InitCluster:input_type -> corral.v1.InitClusterRequest
+	4,   // 53: corral.v1.ClusterService.JoinCluster:input_type -> corral.v1.JoinClusterRequest
+	6,   // 54: corral.v1.ClusterService.Admit:input_type -> corral.v1.AdmitRequest
+	8,   // 55: corral.v1.ClusterService.CreateJoinToken:input_type -> corral.v1.CreateJoinTokenRequest
+	10,  // 56: corral.v1.ClusterService.RemoveNode:input_type -> corral.v1.RemoveNodeRequest
+	12,  // 57: corral.v1.ClusterService.ClusterStatus:input_type -> corral.v1.ClusterStatusRequest
+	15,  // 58: corral.v1.ClusterService.IssueAdminCert:input_type -> corral.v1.IssueAdminCertRequest
+	17,  // 59: corral.v1.ClusterService.ListClusters:input_type -> corral.v1.ListClustersRequest
+	19,  // 60: corral.v1.ClusterService.UpdateSettings:input_type -> corral.v1.UpdateSettingsRequest
+	21,  // 61: corral.v1.ClusterService.Propose:input_type -> corral.v1.ProposeRequest
+	23,  // 62: corral.v1.ClusterService.Heartbeat:input_type -> corral.v1.HeartbeatRequest
+	0,   // 63: corral.v1.ClusterService.ReadIndex:input_type -> corral.v1.ReadIndexRequest
+	25,  // 64: corral.v1.NodeService.ListNodes:input_type -> corral.v1.ListNodesRequest
+	27,  // 65: corral.v1.NodeService.GetNode:input_type -> corral.v1.GetNodeRequest
+	29,  // 66: corral.v1.NodeService.DrainNode:input_type -> corral.v1.DrainNodeRequest
+	31,  // 67: corral.v1.NodeService.ResumeNode:input_type -> corral.v1.ResumeNodeRequest
+	33,  // 68: corral.v1.VMService.CreateVM:input_type -> corral.v1.CreateVMRequest
+	36,  // 69: corral.v1.VMService.ListVMs:input_type -> corral.v1.ListVMsRequest
+	38,  // 70: corral.v1.VMService.GetVM:input_type -> corral.v1.GetVMRequest
+	40,  // 71: corral.v1.VMService.UpdateVM:input_type -> corral.v1.UpdateVMRequest
+	42,  // 72: corral.v1.VMService.StartVM:input_type -> corral.v1.StartVMRequest
+	44,  // 73: corral.v1.VMService.StopVM:input_type -> corral.v1.StopVMRequest
+	46,  // 74: corral.v1.VMService.RebootVM:input_type -> corral.v1.RebootVMRequest
+	48,  // 75: corral.v1.VMService.DeleteVM:input_type -> corral.v1.DeleteVMRequest
+	50,  // 76: corral.v1.VMService.MigrateVM:input_type -> corral.v1.MigrateVMRequest
+	52,  // 77: corral.v1.VMService.MoveVM:input_type -> corral.v1.MoveVMRequest
+	54,  // 78: corral.v1.VMService.Console:input_type -> corral.v1.ConsoleRequest
+	56,  // 79: corral.v1.NetworkService.CreateNetwork:input_type -> corral.v1.CreateNetworkRequest
+	58,  // 80: corral.v1.NetworkService.ListNetworks:input_type -> corral.v1.ListNetworksRequest
+	60,  // 81: corral.v1.NetworkService.GetNetwork:input_type -> corral.v1.GetNetworkRequest
+	62,  // 82: corral.v1.NetworkService.DeleteNetwork:input_type -> corral.v1.DeleteNetworkRequest
+	64,  // 83: corral.v1.StorageService.AddPool:input_type -> corral.v1.AddPoolRequest
+	66,  // 84: corral.v1.StorageService.ListPools:input_type -> corral.v1.ListPoolsRequest
+	68,  // 85: corral.v1.StorageService.RemovePool:input_type -> corral.v1.RemovePoolRequest
+	70,  // 86: corral.v1.StorageService.CreateVolume:input_type -> corral.v1.CreateVolumeRequest
+	72,  // 87: corral.v1.StorageService.ListVolumes:input_type -> corral.v1.ListVolumesRequest
+	74,  // 88: corral.v1.StorageService.ResizeVolume:input_type -> corral.v1.ResizeVolumeRequest
+	76,  // 89: corral.v1.StorageService.SnapshotVolume:input_type -> corral.v1.SnapshotVolumeRequest
+	78,  // 90: corral.v1.StorageService.RollbackVolume:input_type -> corral.v1.RollbackVolumeRequest
+	80,  // 91: corral.v1.StorageService.DeleteVolume:input_type -> corral.v1.DeleteVolumeRequest
+	82,  // 92: corral.v1.StorageService.SetTemplate:input_type -> corral.v1.SetTemplateRequest
+	84,  // 93: corral.v1.StorageService.ImportVolume:input_type -> corral.v1.ImportVolumeRequest
+	86,  // 94: corral.v1.TaskService.ListTasks:input_type -> corral.v1.ListTasksRequest
+	88,  // 95: corral.v1.TaskService.GetTask:input_type -> corral.v1.GetTaskRequest
+	90,  // 96: corral.v1.TaskService.WatchTask:input_type -> corral.v1.WatchTaskRequest
+	92,  // 97: corral.v1.TaskService.CancelTask:input_type -> corral.v1.CancelTaskRequest
+	94,  // 98: corral.v1.EventService.ListEvents:input_type -> corral.v1.ListEventsRequest
+	96,  // 99: corral.v1.EventService.WatchEvents:input_type -> corral.v1.WatchEventsRequest
+	3,   // 100: corral.v1.ClusterService.InitCluster:output_type -> corral.v1.InitClusterResponse
+	5,   // 101: corral.v1.ClusterService.JoinCluster:output_type -> corral.v1.JoinClusterResponse
+	7,   // 102: corral.v1.ClusterService.Admit:output_type -> corral.v1.AdmitResponse
+	9,   // 103: corral.v1.ClusterService.CreateJoinToken:output_type -> corral.v1.CreateJoinTokenResponse
+	11,  // 104: corral.v1.ClusterService.RemoveNode:output_type -> corral.v1.RemoveNodeResponse
+	14,  // 105: corral.v1.ClusterService.ClusterStatus:output_type -> corral.v1.ClusterStatusResponse
+	16,  // 106: corral.v1.ClusterService.IssueAdminCert:output_type -> corral.v1.IssueAdminCertResponse
+	18,  // 107: corral.v1.ClusterService.ListClusters:output_type -> corral.v1.ListClustersResponse
+	20,  // 108: corral.v1.ClusterService.UpdateSettings:output_type -> corral.v1.UpdateSettingsResponse
+	22,  // 109: corral.v1.ClusterService.Propose:output_type -> corral.v1.ProposeResponse
+	24,  // 110: corral.v1.ClusterService.Heartbeat:output_type -> corral.v1.HeartbeatResponse
+	1,   // 111: corral.v1.ClusterService.ReadIndex:output_type -> corral.v1.ReadIndexResponse
+	26,  // 112: corral.v1.NodeService.ListNodes:output_type -> corral.v1.ListNodesResponse
+	28,  // 113: corral.v1.NodeService.GetNode:output_type -> corral.v1.GetNodeResponse
+	30,  // 114: corral.v1.NodeService.DrainNode:output_type -> corral.v1.DrainNodeResponse
+	32,  // 115: corral.v1.NodeService.ResumeNode:output_type -> corral.v1.ResumeNodeResponse
+	35,  // 116: corral.v1.VMService.CreateVM:output_type -> corral.v1.CreateVMResponse
+	37,  // 117: corral.v1.VMService.ListVMs:output_type -> corral.v1.ListVMsResponse
+	39,  // 118: corral.v1.VMService.GetVM:output_type -> corral.v1.GetVMResponse
+	41,  // 119: corral.v1.VMService.UpdateVM:output_type -> corral.v1.UpdateVMResponse
+	43,  // 120: corral.v1.VMService.StartVM:output_type -> corral.v1.StartVMResponse
+	45,  // 121: corral.v1.VMService.StopVM:output_type -> corral.v1.StopVMResponse
+	47,  // 122: corral.v1.VMService.RebootVM:output_type -> corral.v1.RebootVMResponse
+	49,  // 123: corral.v1.VMService.DeleteVM:output_type -> corral.v1.DeleteVMResponse
+	51,  // 124: corral.v1.VMService.MigrateVM:output_type -> corral.v1.MigrateVMResponse
+	53,  // 125: corral.v1.VMService.MoveVM:output_type -> corral.v1.MoveVMResponse
+	55,  // 126: corral.v1.VMService.Console:output_type -> corral.v1.ConsoleResponse
+	57,  // 127: corral.v1.NetworkService.CreateNetwork:output_type -> corral.v1.CreateNetworkResponse
+	59,  // 128: corral.v1.NetworkService.ListNetworks:output_type -> corral.v1.ListNetworksResponse
+	61,  // 129: corral.v1.NetworkService.GetNetwork:output_type -> corral.v1.GetNetworkResponse
+	63,  // 130: corral.v1.NetworkService.DeleteNetwork:output_type -> corral.v1.DeleteNetworkResponse
+	65,  // 131: corral.v1.StorageService.AddPool:output_type -> corral.v1.AddPoolResponse
+	67,  // 132: corral.v1.StorageService.ListPools:output_type -> corral.v1.ListPoolsResponse
+	69,  // 133: corral.v1.StorageService.RemovePool:output_type -> corral.v1.RemovePoolResponse
+	71,  // 134: corral.v1.StorageService.CreateVolume:output_type -> corral.v1.CreateVolumeResponse
+	73,  // 135: corral.v1.StorageService.ListVolumes:output_type -> corral.v1.ListVolumesResponse
+	75,  // 136: corral.v1.StorageService.ResizeVolume:output_type -> corral.v1.ResizeVolumeResponse
+	77,  // 137: corral.v1.StorageService.SnapshotVolume:output_type -> corral.v1.SnapshotVolumeResponse
+	79,  // 138: corral.v1.StorageService.RollbackVolume:output_type -> corral.v1.RollbackVolumeResponse
+	81,  // 139: corral.v1.StorageService.DeleteVolume:output_type -> corral.v1.DeleteVolumeResponse
+	83,  // 140: corral.v1.StorageService.SetTemplate:output_type -> corral.v1.SetTemplateResponse
+	85,  // 141: corral.v1.StorageService.ImportVolume:output_type -> corral.v1.ImportVolumeResponse
+	87,  // 142: corral.v1.TaskService.ListTasks:output_type -> corral.v1.ListTasksResponse
+	89,  // 143: corral.v1.TaskService.GetTask:output_type -> corral.v1.GetTaskResponse
+	91,  // 144: corral.v1.TaskService.WatchTask:output_type -> corral.v1.WatchTaskResponse
+	93,  // 145: corral.v1.TaskService.CancelTask:output_type -> corral.v1.CancelTaskResponse
+	95,  // 146: corral.v1.EventService.ListEvents:output_type -> corral.v1.ListEventsResponse
+	97,  // 147: corral.v1.EventService.WatchEvents:output_type -> corral.v1.WatchEventsResponse
+	100, // [100:148] is the sub-list for method output_type
+	52,  // [52:100] is the sub-list for method input_type
+	52,  // [52:52] is the sub-list for extension type_name
+	52,  // [52:52] is the sub-list for extension extendee
+	0,   // [0:52] is the sub-list for field type_name
 }
 
 func init() { file_corral_v1_api_proto_init() }
@@ -5899,7 +6015,7 @@ func file_corral_v1_api_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_corral_v1_api_proto_rawDesc), len(file_corral_v1_api_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   96,
+			NumMessages:   98,
 			NumExtensions: 0,
 			NumServices:   7,
 		},

@@ -788,6 +788,7 @@ const (
 	VMService_RebootVM_FullMethodName  = "/corral.v1.VMService/RebootVM"
 	VMService_DeleteVM_FullMethodName  = "/corral.v1.VMService/DeleteVM"
 	VMService_MigrateVM_FullMethodName = "/corral.v1.VMService/MigrateVM"
+	VMService_MoveVM_FullMethodName    = "/corral.v1.VMService/MoveVM"
 	VMService_Console_FullMethodName   = "/corral.v1.VMService/Console"
 )
 
@@ -806,6 +807,8 @@ type VMServiceClient interface {
 	RebootVM(ctx context.Context, in *RebootVMRequest, opts ...grpc.CallOption) (*RebootVMResponse, error)
 	DeleteVM(ctx context.Context, in *DeleteVMRequest, opts ...grpc.CallOption) (*DeleteVMResponse, error)
 	MigrateVM(ctx context.Context, in *MigrateVMRequest, opts ...grpc.CallOption) (*MigrateVMResponse, error)
+	// MoveVM moves a stopped VM to another node (cold move, shared disks).
+	MoveVM(ctx context.Context, in *MoveVMRequest, opts ...grpc.CallOption) (*MoveVMResponse, error)
 	// Console streams the serial console of a VM from whichever node runs it.
 	Console(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ConsoleRequest, ConsoleResponse], error)
 }
@@ -908,6 +911,16 @@ func (c *vMServiceClient) MigrateVM(ctx context.Context, in *MigrateVMRequest, o
 	return out, nil
 }
 
+func (c *vMServiceClient) MoveVM(ctx context.Context, in *MoveVMRequest, opts ...grpc.CallOption) (*MoveVMResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(MoveVMResponse)
+	err := c.cc.Invoke(ctx, VMService_MoveVM_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *vMServiceClient) Console(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ConsoleRequest, ConsoleResponse], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	stream, err := c.cc.NewStream(ctx, &VMService_ServiceDesc.Streams[0], VMService_Console_FullMethodName, cOpts...)
@@ -936,6 +949,8 @@ type VMServiceServer interface {
 	RebootVM(context.Context, *RebootVMRequest) (*RebootVMResponse, error)
 	DeleteVM(context.Context, *DeleteVMRequest) (*DeleteVMResponse, error)
 	MigrateVM(context.Context, *MigrateVMRequest) (*MigrateVMResponse, error)
+	// MoveVM moves a stopped VM to another node (cold move, shared disks).
+	MoveVM(context.Context, *MoveVMRequest) (*MoveVMResponse, error)
 	// Console streams the serial console of a VM from whichever node runs it.
 	Console(grpc.BidiStreamingServer[ConsoleRequest, ConsoleResponse]) error
 	mustEmbedUnimplementedVMServiceServer()
@@ -974,6 +989,9 @@ func (UnimplementedVMServiceServer) DeleteVM(context.Context, *DeleteVMRequest) 
 }
 func (UnimplementedVMServiceServer) MigrateVM(context.Context, *MigrateVMRequest) (*MigrateVMResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method MigrateVM not implemented")
+}
+func (UnimplementedVMServiceServer) MoveVM(context.Context, *MoveVMRequest) (*MoveVMResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method MoveVM not implemented")
 }
 func (UnimplementedVMServiceServer) Console(grpc.BidiStreamingServer[ConsoleRequest, ConsoleResponse]) error {
 	return status.Error(codes.Unimplemented, "method Console not implemented")
@@ -1161,6 +1179,24 @@ func _VMService_MigrateVM_Handler(srv interface{}, ctx context.Context, dec func
 	return interceptor(ctx, in, info, handler)
 }
 
+func _VMService_MoveVM_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(MoveVMRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(VMServiceServer).MoveVM(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: VMService_MoveVM_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(VMServiceServer).MoveVM(ctx, req.(*MoveVMRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _VMService_Console_Handler(srv interface{}, stream grpc.ServerStream) error {
 	return srv.(VMServiceServer).Console(&grpc.GenericServerStream[ConsoleRequest, ConsoleResponse]{ServerStream: stream})
 }
@@ -1210,6 +1246,10 @@ var VMService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "MigrateVM",
 			Handler:    _VMService_MigrateVM_Handler,
+		},
+		{
+			MethodName: "MoveVM",
+			Handler:    _VMService_MoveVM_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
