@@ -33,6 +33,23 @@ func (a *Agent) runTasks(ctx context.Context) {
 		started = map[string]bool{}
 	)
 	kinds := a.taskKinds()
+	// Tasks this node was running when corrald stopped cannot resume:
+	// fail them so that nobody waits forever.
+	for _, g := range a.m.Groups() {
+		var stale []*pb.Task
+		g.Store.Read(func(s *raftstore.State) {
+			for _, t := range s.SortedTasks() {
+				if t.Node == a.cfg.Node && t.State == pb.TaskState_TASK_STATE_RUNNING {
+					stale = append(stale, t)
+				}
+			}
+		})
+		for _, t := range stale {
+			started[t.Id] = true
+			a.updateTask(ctx, g, &pb.TaskUpdateCommand{Id: t.Id, State: pb.TaskState_TASK_STATE_FAILED,
+				Error: "interrupted: corrald restarted on " + a.cfg.Node})
+		}
+	}
 	for {
 		for _, g := range a.m.Groups() {
 			var todo []*pb.Task
@@ -169,5 +186,3 @@ func (a *Agent) volumeTarget(ctx context.Context, g *cluster.Group, t *pb.Task) 
 	}
 	return vol, pool, nil
 }
-
-var _ = strconv.Itoa

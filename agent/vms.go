@@ -82,7 +82,17 @@ func (a *Agent) reconcileVMs(ctx context.Context, g *cluster.Group, hv Hyperviso
 			lctx, cancel := context.WithTimeout(ctx, DefaultCallTimeout)
 			left, err := hv.List(lctx, g.Name)
 			cancel()
-			if err == nil && len(left) == 0 {
+			// Clean means no copy of a VM placed elsewhere is left; the
+			// domains of VMs still placed here (not failed over: HA off,
+			// stopped, or no room elsewhere) are not stale and must not
+			// keep the node fenced forever.
+			stale := 0
+			for _, d := range left {
+				if v, ok := all[d.VMID]; !ok || v.Node != a.cfg.Node {
+					stale++
+				}
+			}
+			if err == nil && stale == 0 {
 				a.log.Info("fenced: no stale guest left; reporting clean", "cluster", g.Name)
 				cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 				_, _ = g.Propose(cctx, pb.CommandType_COMMAND_TYPE_NODE_HEALTH, &pb.NodeHealthCommand{Name: a.cfg.Node, Clean: true}, a.actor())

@@ -40,11 +40,37 @@ type HA struct {
 	log    *slog.Logger
 	fencer Fencer
 	now    func() time.Time
+	// terms remembers, per cluster, the Raft term this node last led and
+	// when HA first saw it lead in that term.
+	terms map[string]leaderTerm
+}
+
+type leaderTerm struct {
+	term  uint64
+	since time.Time
 }
 
 // New returns an HA loop fencing through Ceph.
 func New(m *cluster.Manager, log *slog.Logger) *HA {
-	return &HA{m: m, log: log, fencer: cephFencer{}, now: time.Now}
+	return &HA{m: m, log: log, fencer: cephFencer{}, now: time.Now, terms: map[string]leaderTerm{}}
+}
+
+// leaderSince returns from when heartbeat silence may be counted in this
+// leadership. Every leadership has a new Raft term, so a step-down and
+// re-election between two ticks cannot go unnoticed (the manager's
+// LeaderSince is refreshed on its own, slower tick and may still date from
+// the previous leadership, when heartbeats stopped during a partition).
+func (h *HA) leaderSince(g *cluster.Group, now time.Time) time.Time {
+	term := g.Store.Raft().CurrentTerm()
+	lt, ok := h.terms[g.Name]
+	if !ok || lt.term != term {
+		lt = leaderTerm{term: term, since: now}
+		h.terms[g.Name] = lt
+	}
+	if s := g.LeaderSince(); s.After(lt.since) {
+		return s
+	}
+	return lt.since
 }
 
 // Run checks every cluster this node leads at each tick until ctx ends.
@@ -72,10 +98,10 @@ func (h *HA) check(ctx context.Context, g *cluster.Group) {
 	)
 	g.Store.Read(func(s *raftstore.State) { st, settings = s, s.Settings() })
 	now := h.now()
-	since := g.LeaderSince()
-	if since.IsZero() {
+	if g.LeaderSince().IsZero() {
 		return
 	}
+	since := h.leaderSince(g, now)
 	suspectAfter := time.Duration(settings.SuspectAfterMs) * time.Millisecond
 	downAfter := time.Duration(settings.DownAfterMs) * time.Millisecond
 	for _, n := range st.SortedNodes() {
@@ -101,6 +127,34 @@ func (h *HA) check(ctx context.Context, g *cluster.Group) {
 		}
 	}
 	h.restart(ctx, g, st, settings)
+	h.sweepTasks(ctx, g, st)
+}
+
+// sweepTasks fails the unfinished tasks of a node declared down: nobody
+// else will finish them, and a caller waiting on one must hear why.
+func (h *HA) sweepTasks(ctx context.Context, g *cluster.Group, st *raftstore.State) {
+	for _, t := range st.SortedTasks() {
+		if raftstore.TaskFinished(t.State) || t.Node == "" {
+			continue
+		}
+		n, ok := st.Nodes[t.Node]
+		if ok && n.Health != pb.NodeHealth_NODE_HEALTH_DOWN {
+			continue
+		}
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		_, err := g.Propose(cctx, pb.CommandType_COMMAND_TYPE_TASK_UPDATE, &pb.TaskUpdateCommand{
+			Id: t.Id, State: pb.TaskState_TASK_STATE_FAILED, Error: fmt.Sprintf("node %s running this task was lost", t.Node),
+		}, "ha")
+		cancel()
+		if err != nil {
+			h.log.Warn("ha: fail orphaned task", "cluster", g.Name, "task", t.Id, "err", err)
+		}
+		if t.Kind == "vm.migrate" && t.Params["vm"] != "" {
+			cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			_, _ = g.Propose(cctx, pb.CommandType_COMMAND_TYPE_VM_MIGRATING, &pb.VMMigratingCommand{Name: t.Params["vm"]}, "ha")
+			cancel()
+		}
+	}
 }
 
 func (h *HA) health(ctx context.Context, g *cluster.Group, c *pb.NodeHealthCommand) error {
