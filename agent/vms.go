@@ -4,10 +4,12 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/minet/corral/cluster"
 	"github.com/minet/corral/hypervisor"
+	"github.com/minet/corral/pki"
 	pb "github.com/minet/corral/proto/corral/v1"
 	"github.com/minet/corral/raftstore"
 	"google.golang.org/protobuf/proto"
@@ -23,11 +25,13 @@ func (a *Agent) reconcileVMs(ctx context.Context, g *cluster.Group, hv Hyperviso
 		all    map[string]*pb.VM
 		nets   map[string]*pb.Network
 		state  *raftstore.State
+		pools  []*pb.StoragePool
 		fenced bool
 		clean  bool
 	)
 	g.Store.Read(func(s *raftstore.State) {
 		state = s
+		pools = s.SortedPools()
 		all = s.VMs
 		nets = s.Networks
 		for _, v := range s.SortedVMs() {
@@ -45,6 +49,7 @@ func (a *Agent) reconcileVMs(ctx context.Context, g *cluster.Group, hv Hyperviso
 	if err != nil {
 		return fmt.Errorf("list domains: %w", err)
 	}
+	a.ensureCephSecrets(ctx, g, hv, pools)
 	byName := map[string]hypervisor.Domain{}
 	for _, d := range doms {
 		byName[d.Name] = d
@@ -109,6 +114,53 @@ func (a *Agent) reconcileVMs(ctx context.Context, g *cluster.Group, hv Hyperviso
 		a.reconcileVM(ctx, g, hv, state, nets, v, d, exists)
 	}
 	return nil
+}
+
+// definedSecrets remembers on which libvirt connection each node defined
+// each pool's Ceph secret (package-wide like backends; keyed by node).
+var definedSecrets = struct {
+	mu sync.Mutex
+	m  map[string]Hypervisor
+}{m: map[string]Hypervisor{}}
+
+// ensureCephSecrets defines the libvirt secret of every RBD pool on this
+// node, once per libvirt connection. A live migration brings a domain whose
+// disks name the secret: the destination must hold it even if it never ran
+// a VM of that pool, or the migration fails with "Secret not found".
+func (a *Agent) ensureCephSecrets(ctx context.Context, g *cluster.Group, hv Hypervisor, pools []*pb.StoragePool) {
+	d, ok := hv.(interface {
+		DefineCephSecret(ctx context.Context, uuid, usage, key string) error
+	})
+	if !ok {
+		return
+	}
+	for _, p := range pools {
+		if p.Kind != "rbd" || p.SealedKey == "" {
+			continue
+		}
+		k := a.cfg.Node + "|" + g.Name + "/" + p.Name + "/" + p.SealedKey
+		definedSecrets.mu.Lock()
+		done := definedSecrets.m[k] == hv
+		definedSecrets.mu.Unlock()
+		if done {
+			continue
+		}
+		key, err := pki.Unseal(g.SealKey, p.SealedKey)
+		if err != nil {
+			a.log.Warn("unseal key of pool", "cluster", g.Name, "pool", p.Name, "err", err)
+			continue
+		}
+		cctx, cancel := context.WithTimeout(ctx, DefaultCallTimeout)
+		err = d.DefineCephSecret(cctx, cephSecretUUID(g.Name, p.Name), cephSecretUsage(g.Name, p.Name), string(key))
+		cancel()
+		if err != nil {
+			a.log.Warn("define ceph secret", "cluster", g.Name, "pool", p.Name, "err", err)
+			continue
+		}
+		definedSecrets.mu.Lock()
+		definedSecrets.m[k] = hv
+		definedSecrets.mu.Unlock()
+	}
 }
 
 func (a *Agent) reconcileVM(ctx context.Context, g *cluster.Group, hv Hypervisor, st *raftstore.State, nets map[string]*pb.Network, v *pb.VM, d hypervisor.Domain, exists bool) {

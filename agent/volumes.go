@@ -81,11 +81,7 @@ func (a *Agent) taskVolumeCreate(ctx context.Context, g *cluster.Group, t *pb.Ta
 }
 
 func (a *Agent) taskVolumeResize(ctx context.Context, g *cluster.Group, t *pb.Task, _ func(float64, string)) error {
-	vol, pool, err := a.volumeTarget(ctx, g, t)
-	if err != nil {
-		return err
-	}
-	be, err := a.backend(ctx, g, pool)
+	vol, be, err := a.taskBackend(ctx, g, t)
 	if err != nil {
 		return err
 	}
@@ -132,11 +128,7 @@ func (a *Agent) liveResize(ctx context.Context, g *cluster.Group, vol *pb.Volume
 }
 
 func (a *Agent) taskVolumeSnapshot(ctx context.Context, g *cluster.Group, t *pb.Task, _ func(float64, string)) error {
-	vol, pool, err := a.volumeTarget(ctx, g, t)
-	if err != nil {
-		return err
-	}
-	be, err := a.backend(ctx, g, pool)
+	vol, be, err := a.taskBackend(ctx, g, t)
 	if err != nil {
 		return err
 	}
@@ -149,11 +141,7 @@ func (a *Agent) taskVolumeSnapshot(ctx context.Context, g *cluster.Group, t *pb.
 }
 
 func (a *Agent) taskVolumeRollback(ctx context.Context, g *cluster.Group, t *pb.Task, _ func(float64, string)) error {
-	vol, pool, err := a.volumeTarget(ctx, g, t)
-	if err != nil {
-		return err
-	}
-	be, err := a.backend(ctx, g, pool)
+	vol, be, err := a.taskBackend(ctx, g, t)
 	if err != nil {
 		return err
 	}
@@ -161,11 +149,7 @@ func (a *Agent) taskVolumeRollback(ctx context.Context, g *cluster.Group, t *pb.
 }
 
 func (a *Agent) taskVolumeDelete(ctx context.Context, g *cluster.Group, t *pb.Task, _ func(float64, string)) error {
-	vol, pool, err := a.volumeTarget(ctx, g, t)
-	if err != nil {
-		return err
-	}
-	be, err := a.backend(ctx, g, pool)
+	vol, be, err := a.taskBackend(ctx, g, t)
 	if err != nil {
 		return err
 	}
@@ -176,6 +160,16 @@ func (a *Agent) taskVolumeDelete(ctx context.Context, g *cluster.Group, t *pb.Ta
 	defer cancel()
 	_, err = g.Propose(cctx, pb.CommandType_COMMAND_TYPE_VOLUME_DELETE, &pb.VolumeDeleteCommand{Pool: vol.Pool, Name: vol.Name}, a.actor())
 	return err
+}
+
+// taskBackend returns a volume task's volume and its pool's backend.
+func (a *Agent) taskBackend(ctx context.Context, g *cluster.Group, t *pb.Task) (*pb.Volume, storage.Backend, error) {
+	vol, pool, err := a.volumeTarget(ctx, g, t)
+	if err != nil {
+		return nil, nil, err
+	}
+	be, err := a.backend(ctx, g, pool)
+	return vol, be, err
 }
 
 // ImportVolume writes a stream into a volume record created by the API.

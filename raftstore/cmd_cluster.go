@@ -171,11 +171,10 @@ func checkNodeHealth(s *State, c *pb.NodeHealthCommand, _ Meta) error {
 		if !n.Fenced {
 			return errdefs.Precondition("node %q is not fenced", c.Name)
 		}
-		// A fenced node comes back only once it runs no stale guest.
-		for _, v := range s.VMs {
-			if v.Status.GetNode() == c.Name && v.Node != c.Name && v.Status.GetState() == pb.VMState_VM_STATE_RUNNING {
-				return errdefs.Precondition("node %q still reports VM %q running", c.Name, v.Name)
-			}
+		// A fenced node comes back only once it reported that it runs no
+		// stale guest any more.
+		if !n.FenceClean {
+			return errdefs.Precondition("node %q has not reported that its stale guests are destroyed", c.Name)
 		}
 	}
 	return nil

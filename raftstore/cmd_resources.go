@@ -206,6 +206,10 @@ func applyVolumePut(s *State, c *pb.VolumePutCommand, m Meta) any {
 	if c.Create {
 		v.CreatedUnixNano = m.Time
 		event(s, m, "volume.create", VolumeKey(v.Pool, v.Name), "ok", "")
+	} else if old, ok := s.Volumes[VolumeKey(v.Pool, v.Name)]; ok {
+		// Attachment belongs to VM commands: an update written from an
+		// older read must not drop an attachment made meanwhile.
+		v.Vm, v.CreatedUnixNano = old.Vm, old.CreatedUnixNano
 	}
 	s.Volumes[VolumeKey(v.Pool, v.Name)] = v
 	return v

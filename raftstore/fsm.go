@@ -200,7 +200,9 @@ func (f *FSM) Applied() (uint64, <-chan struct{}) {
 func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
-	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(f.state.Export())
+	st := f.state.Export()
+	st.AppliedIndex = f.applied
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(st)
 	if err != nil {
 		return nil, fmt.Errorf("snapshot: %w", err)
 	}
@@ -220,6 +222,9 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	}
 	f.mu.Lock()
 	f.state = Import(&m)
+	// Raft does not replay barrier and no-op entries to the FSM: keep the
+	// snapshot's index so read-index waits do not hang after a restore.
+	f.applied = m.AppliedIndex
 	f.notifyLocked()
 	f.mu.Unlock()
 	return nil

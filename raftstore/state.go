@@ -159,7 +159,9 @@ func (s *State) addEvent(e *pb.Event) {
 	s.NextEventIndex++
 	s.Events = append(s.Events, e)
 	if len(s.Events) > MaxEvents {
-		s.Events = append([]*pb.Event(nil), s.Events[len(s.Events)-MaxEvents:]...)
+		// Re-slicing shares the array; append copies once it is full, so
+		// memory stays bounded without copying at every event.
+		s.Events = s.Events[len(s.Events)-MaxEvents:]
 	}
 }
 

@@ -273,7 +273,9 @@ func (s *Store) ApplyLocal(ctx context.Context, cmd *pb.Command) (any, uint64, e
 	select {
 	case err = <-done:
 	case <-ctx.Done():
-		return nil, 0, errdefs.Unavailable("cluster %s did not commit in time (no quorum?): %v", s.cfg.Cluster, ctx.Err())
+		// The entry may still commit: say so rather than invite a retry
+		// that could apply it twice.
+		return nil, 0, errdefs.Wrap(errdefs.KindUnavailable, ctx.Err(), "cluster %s did not confirm the write in time (no quorum?); its outcome is unknown: check the state before retrying", s.cfg.Cluster)
 	}
 	if err != nil {
 		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) ||

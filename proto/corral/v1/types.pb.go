@@ -2121,6 +2121,7 @@ type State struct {
 	Events         []*Event               `protobuf:"bytes,8,rep,name=events,proto3" json:"events,omitempty"`
 	Tokens         []*JoinToken           `protobuf:"bytes,9,rep,name=tokens,proto3" json:"tokens,omitempty"`
 	NextEventIndex uint64                 `protobuf:"varint,10,opt,name=next_event_index,json=nextEventIndex,proto3" json:"next_event_index,omitempty"`
+	AppliedIndex   uint64                 `protobuf:"varint,11,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"` // last raft index applied when exported
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
 }
@@ -2221,6 +2222,13 @@ func (x *State) GetTokens() []*JoinToken {
 func (x *State) GetNextEventIndex() uint64 {
 	if x != nil {
 		return x.NextEventIndex
+	}
+	return 0
+}
+
+func (x *State) GetAppliedIndex() uint64 {
+	if x != nil {
+		return x.AppliedIndex
 	}
 	return 0
 }
@@ -2419,7 +2427,7 @@ const file_corral_v1_types_proto_rawDesc = "" +
 	"secretHash\x12*\n" +
 	"\x11expires_unix_nano\x18\x03 \x01(\x03R\x0fexpiresUnixNano\x12\x12\n" +
 	"\x04used\x18\x04 \x01(\bR\x04used\x12'\n" +
-	"\x04role\x18\x05 \x01(\x0e2\x13.corral.v1.NodeRoleR\x04role\"\xb5\x03\n" +
+	"\x04role\x18\x05 \x01(\x0e2\x13.corral.v1.NodeRoleR\x04role\"\xda\x03\n" +
 	"\x05State\x120\n" +
 	"\acluster\x18\x01 \x01(\v2\x16.corral.v1.ClusterInfoR\acluster\x12%\n" +
 	"\x05nodes\x18\x02 \x03(\v2\x0f.corral.v1.NodeR\x05nodes\x12\x1f\n" +
@@ -2431,7 +2439,8 @@ const file_corral_v1_types_proto_rawDesc = "" +
 	"\x06events\x18\b \x03(\v2\x10.corral.v1.EventR\x06events\x12,\n" +
 	"\x06tokens\x18\t \x03(\v2\x14.corral.v1.JoinTokenR\x06tokens\x12(\n" +
 	"\x10next_event_index\x18\n" +
-	" \x01(\x04R\x0enextEventIndex*Q\n" +
+	" \x01(\x04R\x0enextEventIndex\x12#\n" +
+	"\rapplied_index\x18\v \x01(\x04R\fappliedIndex*Q\n" +
 	"\bNodeRole\x12\x19\n" +
 	"\x15NODE_ROLE_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fNODE_ROLE_VOTER\x10\x01\x12\x15\n" +
