@@ -223,7 +223,9 @@ func commandCases() []cmdCase {
 			must(t, n.Fenced && n.FencedUnixNano == t0 && n.Health == pb.NodeHealth_NODE_HEALTH_DOWN, "n1 = %v", n)
 			must(t, len(s.Events) >= 2 && s.Events[len(s.Events)-2].Action == "ha.fence", "no ha.fence event")
 		}},
-		{name: "health/unfence ok", setup: []*pb.Command{fence("n1")},
+		{name: "health/unfence before clean", setup: []*pb.Command{fence("n1")},
+			cmd: health("n1", func(c *pb.NodeHealthCommand) { c.Unfence = true }), want: errdefs.KindPrecondition},
+		{name: "health/unfence ok", setup: []*pb.Command{fence("n1"), health("n1", func(c *pb.NodeHealthCommand) { c.Clean = true })},
 			cmd: health("n1", func(c *pb.NodeHealthCommand) { c.Unfence = true; c.Health = pb.NodeHealth_NODE_HEALTH_READY }), want: success,
 			verify: func(t *testing.T, s *State, _ any) {
 				must(t, !s.Nodes["n1"].Fenced, "n1 still fenced")

@@ -37,6 +37,10 @@ const DefaultTimeout = 10 * time.Second
 const Features = librbd.FeatureLayering | librbd.FeatureExclusiveLock |
 	librbd.FeatureObjectMap | librbd.FeatureFastDiff | librbd.FeatureDeepFlatten
 
+// copySnapPrefix names the temporary snapshots Copy reads from; Get and
+// List do not show them.
+const copySnapPrefix = "corral-copy-"
+
 // order 22 = 4 MiB objects, Ceph's default; chunk matches it so each
 // read or write touches one object.
 const (
@@ -93,9 +97,6 @@ func Open(ctx context.Context, cfg Config) (*Pool, error) {
 	monHost, err := monHost(cfg.Monitors)
 	if err != nil {
 		return nil, err
-	}
-	if dl, ok := ctx.Deadline(); ok && time.Until(dl) < cfg.Timeout {
-		cfg.Timeout = max(time.Until(dl), time.Second)
 	}
 	secs := strconv.FormatFloat(cfg.Timeout.Seconds(), 'f', -1, 64)
 	opts := [][2]string{
@@ -355,7 +356,9 @@ func describe(name string, img *librbd.Image) (storage.Volume, error) {
 		return storage.Volume{}, fmt.Errorf("image %s: snapshots: %w", name, mapErr(err))
 	}
 	for _, s := range snaps {
-		v.Snapshots = append(v.Snapshots, s.Name)
+		if !strings.HasPrefix(s.Name, copySnapPrefix) {
+			v.Snapshots = append(v.Snapshots, s.Name)
+		}
 	}
 	parent, err := img.GetParent()
 	switch {
@@ -633,16 +636,32 @@ func (p *Pool) Clone(ctx context.Context, src, snap, dst string) (storage.Volume
 	return p.Get(ctx, dst)
 }
 
-// Copy makes dst a full, independent copy of src's current content. Only
-// allocated objects are read (fast-diff tells which), zero chunks are not
-// written, and copyWorkers chunks move at once.
+// Copy makes dst a full, independent copy of src's current content. It
+// reads from a temporary snapshot, so the copy is one point in time even
+// while a VM writes to src. Only allocated objects are read (fast-diff
+// tells which), zero chunks are not written, and copyWorkers chunks move
+// at once.
 func (p *Pool) Copy(ctx context.Context, src, dst string, progress func(done, total uint64)) (storage.Volume, error) {
 	if err := storage.ValidateName(dst); err != nil {
 		return storage.Volume{}, err
 	}
-	in, err := p.open(ctx, src, true)
-	if err != nil {
+	if _, err := p.Get(ctx, dst); err == nil {
+		return storage.Volume{}, fmt.Errorf("copy %s: image %s: %w", src, dst, storage.ErrExists)
+	}
+	snap := copySnapPrefix + strconv.FormatInt(time.Now().UnixNano(), 36)
+	if err := p.Snapshot(ctx, src, snap); err != nil {
 		return storage.Volume{}, fmt.Errorf("copy: %w", err)
+	}
+	defer func() {
+		img, err := librbd.OpenImage(p.ioctx, src, librbd.NoSnapshot)
+		if err == nil {
+			removeSnap(img.GetSnapshot(snap))
+			img.Close()
+		}
+	}()
+	in, err := librbd.OpenImageReadOnly(p.ioctx, src, snap)
+	if err != nil {
+		return storage.Volume{}, fmt.Errorf("copy %s: %w", src, mapErr(err))
 	}
 	defer in.Close()
 	size, err := in.GetSize()
@@ -795,79 +814,119 @@ func (p *Pool) Import(ctx context.Context, name string, r io.Reader, size uint64
 	return p.Get(ctx, name)
 }
 
-// importStream overlaps reading the stream with writing to Ceph: a reader
-// goroutine fills buffers while this one writes the previous ones.
+// importStream reads the stream in one goroutine and writes its chunks
+// with copyWorkers writers, so several writes are in flight as in Copy.
 func importStream(ctx context.Context, out *librbd.Image, r io.Reader, size uint64, progress func(done, total uint64)) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	type piece struct {
 		off uint64
 		buf []byte
-		err error
 	}
-	const depth = 4
-	free := make(chan []byte, depth)
-	for range depth {
+	free := make(chan []byte, copyWorkers+1)
+	for range copyWorkers + 1 {
 		free <- make([]byte, chunk)
 	}
-	pieces := make(chan piece, depth)
-	stop := make(chan struct{})
-	defer close(stop)
-	send := func(pc piece) bool {
+	jobs := make(chan piece)
+	readErr := make(chan error, 1)
+	// The reader touches only r and these channels, so it may outlive
+	// this function if r.Read blocks after a failure.
+	go func() {
+		defer close(jobs)
+		readErr <- func() error {
+			for off := uint64(0); off < size; {
+				var buf []byte
+				select {
+				case buf = <-free:
+				case <-ctx.Done():
+					return ctx.Err()
+				}
+				n := min(chunk, size-off)
+				if _, err := io.ReadFull(r, buf[:n]); err != nil {
+					if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+						return fmt.Errorf("stream ended before %d of %d bytes: %w", off+n, size, io.ErrUnexpectedEOF)
+					}
+					return fmt.Errorf("read stream at %d: %w", off, err)
+				}
+				select {
+				case jobs <- piece{off: off, buf: buf[:n]}:
+				case <-ctx.Done():
+					return ctx.Err()
+				}
+				off += n
+			}
+			// A longer stream than announced means a wrong size: refuse
+			// rather than silently cut the disk.
+			var one [1]byte
+			if n, _ := r.Read(one[:]); n > 0 {
+				return fmt.Errorf("stream is longer than the announced %d bytes", size)
+			}
+			return nil
+		}()
+	}()
+
+	written := make(chan uint64, copyWorkers)
+	results := make(chan error, copyWorkers)
+	for range copyWorkers {
+		go func() {
+			for {
+				var pc piece
+				var ok bool
+				select {
+				case pc, ok = <-jobs:
+				case <-ctx.Done():
+					results <- nil
+					return
+				}
+				if !ok {
+					results <- nil
+					return
+				}
+				if !isZero(pc.buf) {
+					if _, err := out.WriteAt(pc.buf, int64(pc.off)); err != nil {
+						results <- fmt.Errorf("write at %d: %w", pc.off, mapErr(err))
+						return
+					}
+				}
+				written <- uint64(len(pc.buf))
+				free <- pc.buf[:cap(pc.buf)]
+			}
+		}()
+	}
+
+	// Wait for every writer (none may touch out once we return), then for
+	// the reader unless a failure made us stop early.
+	var done uint64
+	var firstErr error
+	for running := copyWorkers; running > 0; {
 		select {
-		case pieces <- pc:
-			return true
-		case <-stop:
-			return false
+		case n := <-written:
+			done += n
+			if progress != nil {
+				progress(done, size)
+			}
+		case err := <-results:
+			running--
+			if err != nil && firstErr == nil {
+				firstErr = err
+				cancel()
+			}
 		}
 	}
-	// If this function returns early, the reader may stay blocked in
-	// r.Read until the caller closes r; it touches nothing else.
-	go func() {
-		defer close(pieces)
-		for off := uint64(0); off < size; {
-			var buf []byte
-			select {
-			case buf = <-free:
-			case <-stop:
-				return
-			}
-			n := min(chunk, size-off)
-			if _, err := io.ReadFull(r, buf[:n]); err != nil {
-				if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-					err = fmt.Errorf("stream ended before %d of %d bytes: %w", off+n, size, io.ErrUnexpectedEOF)
-				}
-				send(piece{err: err})
-				return
-			}
-			if !send(piece{off: off, buf: buf[:n]}) {
-				return
-			}
-			off += n
-		}
-		// A longer stream than announced means a wrong size: refuse
-		// rather than silently cut the disk.
-		var one [1]byte
-		if n, _ := r.Read(one[:]); n > 0 {
-			send(piece{err: fmt.Errorf("stream is longer than the announced %d bytes", size)})
-		}
-	}()
-	var done uint64
-	for pc := range pieces {
-		if pc.err != nil {
-			return pc.err
-		}
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		if !isZero(pc.buf) {
-			if _, err := out.WriteAt(pc.buf, int64(pc.off)); err != nil {
-				return fmt.Errorf("write at %d: %w", pc.off, mapErr(err))
-			}
-		}
-		done += uint64(len(pc.buf))
+	for len(written) > 0 {
+		done += <-written
 		if progress != nil {
 			progress(done, size)
 		}
-		free <- pc.buf[:cap(pc.buf)]
+	}
+	if firstErr != nil {
+		return firstErr
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := <-readErr; err != nil {
+		return err
 	}
 	if done != size {
 		return fmt.Errorf("stream ended after %d of %d bytes: %w", done, size, io.ErrUnexpectedEOF)

@@ -239,6 +239,16 @@ func TestRBD(t *testing.T) {
 		if calls < 2 || last != uint64(size) || total != uint64(size) {
 			t.Errorf("copy progress: %d calls, last %d/%d", calls, last, total)
 		}
+		// The temporary snapshot the copy read from is gone.
+		img, err := librbd.OpenImageReadOnly(p.ioctx, "vm1", librbd.NoSnapshot)
+		if err != nil {
+			t.Fatal(err)
+		}
+		snaps, err := img.GetSnapshotNames()
+		img.Close()
+		if err != nil || len(snaps) != 0 {
+			t.Errorf("source snapshots after copy: %v, %v", snaps, err)
+		}
 		want := slices.Clone(data)
 		copy(want[chunk:], other)
 		if !bytes.Equal(readAll(t, p, "vm1-copy"), want) {
