@@ -130,6 +130,11 @@ func TestControlPlane(t *testing.T) {
 	if !strings.Contains(out, "lan10") {
 		t.Fatalf("write through follower not visible there:\n%s", out)
 	}
+	// A linearizable read through the witness (a follower): read index
+	// from the leader, then the local state.
+	if out := a.cli(t, ctx, "houston", "--cluster", "prod", "--consistent", "net", "list"); !strings.Contains(out, "lan10") {
+		t.Fatalf("consistent read on houston lacks lan10:\n%s", out)
+	}
 	// Bad input: a clear error and exit code != 0.
 	if out, err := a.nodes[follower].CLI(ctx, "--cluster", "prod", "net", "create", "Bad_Name", "--vlan", "5000"); err == nil {
 		t.Fatalf("bad network accepted:\n%s", out)

@@ -50,6 +50,7 @@ type app struct {
 	endpoints   []string
 	output      string
 	timeout     time.Duration
+	consistent  bool
 	configPath  string
 }
 
@@ -100,6 +101,7 @@ func (a *app) rootCmd() *cobra.Command {
 	pf.StringArrayVar(&a.endpoints, "endpoint", nil, "API endpoint host:port (repeatable; overrides the context's)")
 	pf.StringVarP(&a.output, "output", "o", "table", "output format: table, json or yaml")
 	pf.DurationVar(&a.timeout, "timeout", client.DefaultTimeout, "deadline of each call")
+	pf.BoolVar(&a.consistent, "consistent", false, "linearizable reads: confirm with the leader before answering (default: the answering node's state)")
 	pf.StringVar(&a.configPath, "config", defaultConfigPath(), "config file ($CORRAL_CONFIG)")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 

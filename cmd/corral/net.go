@@ -110,7 +110,7 @@ func (a *app) netCmd() *cobra.Command {
 		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return a.with(cmd, func(ctx context.Context, c *client.Client, cluster string) error {
-				resp, err := c.Networks.ListNetworks(ctx, &pb.ListNetworksRequest{Cluster: cluster})
+				resp, err := c.Networks.ListNetworks(ctx, &pb.ListNetworksRequest{Cluster: cluster, Consistent: a.consistent})
 				if err != nil {
 					return err
 				}
@@ -125,7 +125,7 @@ func (a *app) netCmd() *cobra.Command {
 		ValidArgsFunction: complete,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.with(cmd, func(ctx context.Context, c *client.Client, cluster string) error {
-				resp, err := c.Networks.GetNetwork(ctx, &pb.GetNetworkRequest{Cluster: cluster, Name: args[0]})
+				resp, err := c.Networks.GetNetwork(ctx, &pb.GetNetworkRequest{Cluster: cluster, Name: args[0], Consistent: a.consistent})
 				if err != nil {
 					return err
 				}

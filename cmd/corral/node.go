@@ -34,11 +34,11 @@ func (a *app) nodeCmd() *cobra.Command {
 		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return a.with(cmd, func(ctx context.Context, c *client.Client, cluster string) error {
-				resp, err := c.Nodes.ListNodes(ctx, &pb.ListNodesRequest{Cluster: cluster})
+				resp, err := c.Nodes.ListNodes(ctx, &pb.ListNodesRequest{Cluster: cluster, Consistent: a.consistent})
 				if err != nil {
 					return err
 				}
-				vms, err := c.VMs.ListVMs(ctx, &pb.ListVMsRequest{Cluster: cluster})
+				vms, err := c.VMs.ListVMs(ctx, &pb.ListVMsRequest{Cluster: cluster, Consistent: a.consistent})
 				if err != nil {
 					return err
 				}
@@ -57,7 +57,7 @@ func (a *app) nodeCmd() *cobra.Command {
 		ValidArgsFunction: complete,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.with(cmd, func(ctx context.Context, c *client.Client, cluster string) error {
-				resp, err := c.Nodes.GetNode(ctx, &pb.GetNodeRequest{Cluster: cluster, Name: args[0]})
+				resp, err := c.Nodes.GetNode(ctx, &pb.GetNodeRequest{Cluster: cluster, Name: args[0], Consistent: a.consistent})
 				if err != nil {
 					return err
 				}

@@ -271,7 +271,7 @@ func (a *app) vmCmd() *cobra.Command {
 		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return a.with(cmd, func(ctx context.Context, c *client.Client, cluster string) error {
-				resp, err := c.VMs.ListVMs(ctx, &pb.ListVMsRequest{Cluster: cluster, Node: listNode})
+				resp, err := c.VMs.ListVMs(ctx, &pb.ListVMsRequest{Cluster: cluster, Node: listNode, Consistent: a.consistent})
 				if err != nil {
 					return err
 				}
@@ -289,7 +289,7 @@ func (a *app) vmCmd() *cobra.Command {
 		ValidArgsFunction: complete,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.with(cmd, func(ctx context.Context, c *client.Client, cluster string) error {
-				resp, err := c.VMs.GetVM(ctx, &pb.GetVMRequest{Cluster: cluster, Name: args[0]})
+				resp, err := c.VMs.GetVM(ctx, &pb.GetVMRequest{Cluster: cluster, Name: args[0], Consistent: a.consistent})
 				if err != nil {
 					return err
 				}
