@@ -161,8 +161,9 @@ var backends = storages{m: map[string]storage.Backend{}}
 func (a *Agent) backend(ctx context.Context, g *cluster.Group, pool *pb.StoragePool) (storage.Backend, error) {
 	key := g.Name + "/" + pool.Name + "/" + pool.SealedKey + "/" + strings.Join(pool.Monitors, ",")
 	backends.mu.Lock()
-	defer backends.mu.Unlock()
-	if be, ok := backends.m[key]; ok {
+	be, ok := backends.m[key]
+	backends.mu.Unlock()
+	if ok {
 		return be, nil
 	}
 	if a.cfg.Storage == nil {
@@ -176,6 +177,8 @@ func (a *Agent) backend(ctx context.Context, g *cluster.Group, pool *pb.StorageP
 		}
 		secret = string(b)
 	}
+	// Opened without the lock: an unreachable cluster takes its timeout,
+	// and other pools must not wait for it.
 	be, err := a.cfg.Storage(ctx, pool, secret)
 	if err != nil {
 		return nil, fmt.Errorf("open storage pool %s: %w", pool.Name, err)
@@ -191,6 +194,12 @@ func (a *Agent) backend(ctx context.Context, g *cluster.Group, pool *pb.StorageP
 				}
 			}
 		}
+	}
+	backends.mu.Lock()
+	defer backends.mu.Unlock()
+	if won, ok := backends.m[key]; ok {
+		be.Close()
+		return won, nil
 	}
 	backends.m[key] = be
 	return be, nil

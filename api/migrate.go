@@ -18,7 +18,7 @@ import (
 // hypervisor type.
 func preflight(st *raftstore.State, vm *pb.VM, node string) (string, error) {
 	if vm.Status.GetState() != pb.VMState_VM_STATE_RUNNING {
-		return "", errdefs.Precondition("vm %q is not running: a stopped VM moves with `corral vm edit --node` semantics, not migration", vm.Name)
+		return "", errdefs.Precondition("vm %q is not running: move a stopped VM with `corral vm move`", vm.Name)
 	}
 	if vm.MigratingTo != "" {
 		return "", errdefs.Precondition("vm %q is already migrating to %s", vm.Name, vm.MigratingTo)

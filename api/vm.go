@@ -209,6 +209,11 @@ func (s *Server) UpdateVM(ctx context.Context, req *pb.UpdateVMRequest) (*pb.Upd
 		return nil, err
 	}
 	spec := proto.Clone(req.Spec).(*pb.VMSpec)
+	var local string
+	g.Store.Read(func(st *raftstore.State) { local = localPoolNode(st, spec) })
+	if local != "" && spec.GetHa() == pb.HAMode_HA_MODE_RESTART {
+		return nil, errdefs.Invalid("vm %q has a disk on node-local storage (on %s): it cannot fail over, so --ha restart is refused; use a shared (rbd) pool", req.Name, local)
+	}
 	for _, n := range spec.GetNics() {
 		if n.Mac == "" {
 			n.Mac = randomMAC()
@@ -278,6 +283,12 @@ func (s *Server) DeleteVM(ctx context.Context, req *pb.DeleteVMRequest) (*pb.Del
 	if err != nil {
 		return nil, err
 	}
+	var disks []*pb.DiskSpec
+	g.Store.Read(func(st *raftstore.State) {
+		if v, ok := st.VMs[req.Name]; ok {
+			disks = v.Spec.GetDisks()
+		}
+	})
 	if _, err := g.Propose(ctx, pb.CommandType_COMMAND_TYPE_VM_DELETE, &pb.VMDeleteCommand{Name: req.Name}, actor(ctx)); err != nil {
 		return nil, err
 	}
@@ -287,5 +298,23 @@ func (s *Server) DeleteVM(ctx context.Context, req *pb.DeleteVMRequest) (*pb.Del
 		_, ok := st.VMs[req.Name]
 		return !ok, nil
 	})
-	return &pb.DeleteVMResponse{}, err
+	if err != nil || req.KeepDisks {
+		return &pb.DeleteVMResponse{}, err
+	}
+	// The VM is gone, so its volumes are free: delete them (templates and
+	// volumes that are parents of clones stay, with the reason).
+	var errs []error
+	for _, d := range disks {
+		vol, verr := s.getVolume(g, d.Pool, d.Volume)
+		if verr != nil || vol.Template {
+			continue
+		}
+		if _, err := s.volumeTask(ctx, g, "volume.delete", vol, nil, true); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) > 0 {
+		return nil, errdefs.Precondition("vm %q deleted, but not all its disks: %v", req.Name, errors.Join(errs...))
+	}
+	return &pb.DeleteVMResponse{}, nil
 }

@@ -29,8 +29,8 @@ while :; do echo "SIZE<$(cat /sys/block/vda/size)>"; sleep 2; done
 `
 
 // TestStorage drives issue 5 end to end through the CLI on real daemons:
-// Ceph RBD and dir pools, volumes written by one guest and read by another
-// on the other node, templates with linked and full clones, live resize,
+// Ceph RBD and dir pools, a disk written on one node and read back after a
+// cold move to the other, templates with linked and full clones, live resize,
 // snapshot and rollback, and the refusals that must come with clear
 // messages and leave nothing behind.
 func TestStorage(t *testing.T) {
@@ -193,12 +193,17 @@ func TestStorage(t *testing.T) {
 		t.Fatalf("guest lacks /dev/vda:\n%s", out)
 	}
 	refused("used by vm", "volume", "delete", "ceph/d1")
+	refused("not stopped", "vm", "move", "w1", "--node", "n2")
 	must("n1", "vm", "stop", "w1")
-	// There is no move of a stopped VM to another node: the disk moves
-	// with a new VM instead.
-	deleteVM("w1")
-	guest("r1", "read", "--node", "n2", "--disk", "ceph/d1")
-	if got := firstSector("r1"); !strings.Contains(got, "MARKER-42") {
+	// A cold move to n2, then a boot there that only reads the disk.
+	must("n1", "vm", "move", "w1", "--node", "n2")
+	must("n1", "vm", "edit", "w1", "--cmdline", "console=ttyS0 quiet t.mode=read")
+	must("n1", "vm", "start", "w1")
+	out = must("n1", "vm", "show", "w1", "-o", "json")
+	if !strings.Contains(strings.ReplaceAll(out, " ", ""), `"node":"n2"`) {
+		t.Fatalf("w1 not on n2 after the move:\n%s", out)
+	}
+	if got := firstSector("w1"); !strings.Contains(got, "MARKER-42") {
 		t.Fatalf("n2 reads %q from ceph/d1, want MARKER-42", got)
 	}
 
@@ -206,7 +211,7 @@ func TestStorage(t *testing.T) {
 	refused("shrink", "volume", "resize", "ceph/d1", "--size", "32M")
 	start = time.Now()
 	must("n1", "volume", "resize", "ceph/d1", "--size", "128M")
-	console("r1", "SIZE<262144>")
+	console("w1", "SIZE<262144>")
 	t.Logf("live resize seen by the guest after %s", time.Since(start).Round(time.Millisecond))
 	if out, err := ceph.RBD(ctx, "info", "rbd/d1"); err != nil || !strings.Contains(out, "128 MiB") {
 		t.Fatalf("rbd info after resize: %v\n%s", err, out)
@@ -214,7 +219,7 @@ func TestStorage(t *testing.T) {
 
 	// Snapshot (while running), overwrite, rollback (refused while in use).
 	must("n1", "volume", "snapshot", "ceph/d1", "s1")
-	deleteVM("r1")
+	deleteVM("w1")
 	guest("c1", "clobber", "--disk", "ceph/d1")
 	console("c1", "CLOBBER-WRITTEN")
 	if got := firstSector("c1"); !strings.Contains(got, "CLOBBERED-7") {
@@ -280,6 +285,8 @@ func TestStorage(t *testing.T) {
 		t.Fatalf("vm on a dir volume of n2 not placed on n2:\n%s", out)
 	}
 	refused("local storage", "vm", "migrate", "dw", "--node", "n1")
+	must("n1", "vm", "stop", "dw")
+	refused("node-local storage", "vm", "move", "dw", "--node", "n1")
 	deleteVM("dw")
 	must("n1", "volume", "rollback", "local/l1", "s1")
 	guest("dr", "read", "--disk", "local/l1")
