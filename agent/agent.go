@@ -49,15 +49,18 @@ type Hypervisor interface {
 
 // Config configures an Agent.
 type Config struct {
-	Node      string
-	DataDir   string                                         // consoles, seeds, dir pools default
-	Dial      func(ctx context.Context) (Hypervisor, error)  // connects to the local libvirtd
-	Probe     func(ctx context.Context, h Hypervisor) string // "kvm" or "qemu"
-	Logger    *slog.Logger
-	Resync    time.Duration
-	Networks  NetworkConverger // nil: networks not managed on this node
-	Storage   StorageOpener    // nil: only file disks
-	Migration MigrationConfig
+	Node    string
+	DataDir string // seeds
+	// ConsoleDir holds the serial logs. Use the same path on every node:
+	// a migrated guest keeps writing to the path it started with.
+	ConsoleDir string
+	Dial       func(ctx context.Context) (Hypervisor, error)  // connects to the local libvirtd
+	Probe      func(ctx context.Context, h Hypervisor) string // "kvm" or "qemu"
+	Logger     *slog.Logger
+	Resync     time.Duration
+	Networks   NetworkConverger // nil: networks not managed on this node
+	Storage    StorageOpener    // nil: only file disks
+	Migration  MigrationConfig
 }
 
 // Agent reconciles this node for every cluster of the manager.
@@ -339,11 +342,18 @@ func DomainName(cluster, vm string) string { return cluster + "-" + vm }
 
 // ConsoleLog is where a VM's serial output is kept on its node.
 func (a *Agent) ConsoleLog(cluster, vm string) string {
-	return filepath.Join(a.cfg.DataDir, "console", cluster, vm+".log")
+	return filepath.Join(a.consoleDir(), cluster, vm+".log")
 }
 
 func (a *Agent) ensureDirs(cluster string) error {
-	return os.MkdirAll(filepath.Join(a.cfg.DataDir, "console", cluster), 0o750)
+	return os.MkdirAll(filepath.Join(a.consoleDir(), cluster), 0o750)
+}
+
+func (a *Agent) consoleDir() string {
+	if a.cfg.ConsoleDir != "" {
+		return a.cfg.ConsoleDir
+	}
+	return filepath.Join(a.cfg.DataDir, "console")
 }
 
 var errNotHere = errors.New("vm does not run on this node")

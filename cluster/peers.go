@@ -133,7 +133,7 @@ func (g *Group) LeaderSince() time.Time {
 func (m *Manager) Run(ctx context.Context) {
 	t := time.NewTicker(DefaultHeartbeatEvery)
 	defer t.Stop()
-	leaders := map[string]bool{}
+	terms := map[string]uint64{} // term in which this node leads, per group
 	for {
 		select {
 		case <-ctx.Done():
@@ -142,13 +142,22 @@ func (m *Manager) Run(ctx context.Context) {
 		}
 		for _, g := range m.Groups() {
 			isLeader := g.Store.IsLeader()
-			if isLeader && !leaders[g.Name] {
+			term := g.Store.Raft().CurrentTerm()
+			switch {
+			case isLeader && terms[g.Name] != term:
+				// A new leadership (also a step-down and re-election
+				// between two ticks): count silence from now.
 				g.hbMu.Lock()
 				g.leaderAt = time.Now()
 				g.heartbeats = map[string]time.Time{}
 				g.hbMu.Unlock()
+				terms[g.Name] = term
+			case !isLeader && terms[g.Name] != 0:
+				g.hbMu.Lock()
+				g.leaderAt = time.Time{}
+				g.hbMu.Unlock()
+				terms[g.Name] = 0
 			}
-			leaders[g.Name] = isLeader
 			if isLeader {
 				g.RecordHeartbeat(m.cfg.NodeName, time.Now())
 				if g.Role == pb.NodeRole_NODE_ROLE_WITNESS {

@@ -62,6 +62,9 @@ func New(m *cluster.Manager, log *slog.Logger) *HA {
 // the previous leadership, when heartbeats stopped during a partition).
 func (h *HA) leaderSince(g *cluster.Group, now time.Time) time.Time {
 	term := g.Store.Raft().CurrentTerm()
+	if h.terms == nil {
+		h.terms = map[string]leaderTerm{}
+	}
 	lt, ok := h.terms[g.Name]
 	if !ok || lt.term != term {
 		lt = leaderTerm{term: term, since: now}

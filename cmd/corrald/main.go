@@ -55,6 +55,7 @@ func run() error {
 		migrateUnsf = flag.Bool("migration-unsafe", false, "allow migrating disks libvirt cannot prove shared (tests only)")
 		probeKernel = flag.String("kvm-probe-kernel", "", "kernel for the KVM probe guest (empty: assume TCG unless /dev/kvm probing is possible)")
 		probeInitrd = flag.String("kvm-probe-initrd", "", "initrd for the KVM probe guest")
+		consoleDir  = flag.String("console-dir", "/var/log/corral/console", "serial console logs (same path on every node: a migrated guest keeps its log path)")
 		verbose     = flag.Bool("v", false, "debug logs")
 	)
 	flag.Parse()
@@ -98,7 +99,7 @@ func run() error {
 			nets = conv
 		}
 		ag := agent.New(agent.Config{
-			Node: *name, DataDir: *dataDir, Logger: log, Networks: nets,
+			Node: *name, DataDir: *dataDir, ConsoleDir: *consoleDir, Logger: log, Networks: nets,
 			Dial: func(ctx context.Context) (agent.Hypervisor, error) {
 				return hypervisor.Dial(ctx, *libvirtSock)
 			},

@@ -82,7 +82,10 @@ func (h *Host) StartCorrald(ctx context.Context, bins Binaries, opts CorraldOpti
 // Start (re)starts the daemon on its data directory.
 func (c *Corrald) Start(ctx context.Context) error {
 	args := []string{"--name", c.Host.Name, "--data-dir", c.DataDir, "--listen", c.APIAddr, "--socket", c.Socket,
-		"--migration-uri", "qemu+tcp://%s/system", "--metrics", net.JoinHostPort(c.Host.IP.String(), "9443")}
+		"--migration-uri", "qemu+tcp://%s/system", "--metrics", net.JoinHostPort(c.Host.IP.String(), "9443"),
+		// One console directory for the lab, as production uses one path
+		// on every node: a migrated guest keeps writing where it started.
+		"--console-dir", filepath.Join(c.Host.Lab().Dir, "consoles")}
 	if c.opts.Libvirt != nil {
 		args = append(args, "--libvirt-socket", c.opts.Libvirt.Socket)
 	} else {
