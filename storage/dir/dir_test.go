@@ -318,13 +318,15 @@ func TestDeleteLocked(t *testing.T) {
 		t.Fatalf("qemu-nbd: %v", err)
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	// Wait until qemu-nbd holds the image lock (its socket may appear
+	// first on a loaded machine).
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		if _, err := os.Stat(sock); err == nil {
+		if _, err := os.Stat(sock); err == nil && checkUnlocked(d.path("busy")) != nil {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatal("qemu-nbd did not open the volume")
+			t.Fatal("qemu-nbd did not open and lock the volume")
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
