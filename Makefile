@@ -54,9 +54,13 @@ demo-stop:
 	@sh scripts/demo.sh stop
 
 # Benchmarks (go test -bench): the scheduler and FSM, and real-component
-# figures (OVS/Linux bridge convergence, RBD clone vs copy) on a lab.
+# figures (OVS/Linux bridge convergence, RBD clone vs copy) on a lab; then
+# corral-bench's end-to-end figures (Raft writes over mTLS vs the fsync
+# floor, VM create to ready, live migration, HA failover), each on its own
+# lab. BENCH_FLAGS passes options, e.g. BENCH_FLAGS='-only raft -runs 3'.
 bench: build
 	$(GO) test -run '^$$' -bench . -benchtime 3x ./scheduler/ ./raftstore/ ./netbridge/ ./storage/rbd/
+	$(BIN)/corral-bench $(BENCH_FLAGS)
 
 clean:
 	rm -rf $(BIN)

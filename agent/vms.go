@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"sync"
@@ -237,6 +238,7 @@ func (a *Agent) reconcileVM(ctx context.Context, g *cluster.Group, hv Hypervisor
 			a.report(ctx, g, v, pb.VMState_VM_STATE_ERROR, "start: "+err.Error(), d, false)
 			return
 		}
+		a.newConsole(g.Name, v.Name)
 		if err := hv.Start(cctx, name); err != nil {
 			memo.lastFailure = err.Error()
 			a.report(ctx, g, v, pb.VMState_VM_STATE_ERROR, "start: "+err.Error(), d, false)
@@ -277,6 +279,7 @@ func (a *Agent) reconcileVM(ctx context.Context, g *cluster.Group, hv Hypervisor
 				// A changed config applies at the next boot: cold reboot.
 				memo.expectStop = true
 				if err = hv.Destroy(cctx, name); err == nil {
+					a.newConsole(g.Name, v.Name)
 					err = hv.Start(cctx, name)
 				}
 				memo.bootedGen = v.Generation
@@ -326,4 +329,14 @@ func (a *Agent) report(ctx context.Context, g *cluster.Group, v *pb.VM, st pb.VM
 		return
 	}
 	memo.lastReport = key
+}
+
+// newConsole starts a new console history at a cold boot; otherwise a VM
+// that comes back to a node (HA restart, stop/start) would replay its
+// previous instance, and a reader waiting for a line would match a stale
+// one. QEMU appends, so truncating is safe; migration keeps the log.
+func (a *Agent) newConsole(cluster, vm string) {
+	if err := os.Truncate(a.ConsoleLog(cluster, vm), 0); err != nil && !errors.Is(err, os.ErrNotExist) {
+		a.log.Warn("truncate console log", "cluster", cluster, "vm", vm, "err", err)
+	}
 }
