@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -16,16 +18,22 @@ import (
 )
 
 // pingScript makes a guest ping 10.99.0.1-4 (but itself) forever and print
-// one PING-OK-N or PING-FAIL-N line per attempt on its serial console. An
-// attempt sends up to three echo requests within 3 s (-w3): one lost to a
-// loaded host (TCG guests, userspace OVS on 2 cores) is not a failure,
-// VLAN isolation or a removed port is.
+// one PING-OK-N or PING-FAIL-N line per attempt on its serial console, then
+// ROUND-R-END once every attempt of round R is over: the test waits for
+// rounds, not for seconds, since a guest's pace depends on the machine's
+// load. The attempts of a round run at once so a round lasts one timeout.
+// An attempt sends up to three echo requests within 3 s (-w3): a request
+// lost to a loaded host (TCG guests, userspace OVS on 2 cores) is not a
+// failure, VLAN isolation or a removed port is.
 const pingScript = `me=${CORRAL_IP%/*}
+r=0
 while :; do
 	for n in 1 2 3 4; do
 		[ "10.99.0.$n" = "$me" ] && continue
-		if ping -c1 -w3 10.99.0.$n >/dev/null 2>&1; then echo PING-OK-$n; else echo PING-FAIL-$n; fi
+		( if ping -c1 -w3 10.99.0.$n >/dev/null 2>&1; then echo PING-OK-$n; else echo PING-FAIL-$n; fi ) &
 	done
+	wait
+	r=$((r+1)); echo "ROUND-$r-END"
 	sleep 1
 done`
 
@@ -39,8 +47,8 @@ done`
 // then that a corrald restart changes nothing on the switch nor in the
 // guests' traffic, and that bad declarations are refused or reported.
 func TestNetworksIsolateVLANs(t *testing.T) {
-	// Not parallel: t.Setenv below (see startNetNode).
-	ctx, cancel := context.WithTimeout(context.Background(), 12*time.Minute)
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
 	bins, err := testenv.Build()
 	if err != nil {
@@ -72,7 +80,7 @@ func TestNetworksIsolateVLANs(t *testing.T) {
 		}
 		return out
 	}
-	eventually(t, 60*time.Second, "both nodes ready", func() (bool, string) {
+	eventually(t, 120*time.Second, "both nodes ready", func() (bool, string) {
 		out, _ := cli("n1", "node", "list", "-o", "json")
 		return strings.Count(strings.ReplaceAll(out, " ", ""), `"ready":true`) == 2, out
 	})
@@ -101,7 +109,7 @@ func TestNetworksIsolateVLANs(t *testing.T) {
 	must("n1", "net", "create", "v10", "--vlan", "10", "--kind", "ovs", "--uplink", testenv.TrunkIfName)
 	must("n1", "net", "create", "v20", "--vlan", "20", "--kind", "ovs", "--uplink", testenv.TrunkIfName)
 	var bridge string
-	eventually(t, 60*time.Second, "v10 and v20 applied on n1 and n2", func() (bool, string) {
+	eventually(t, 120*time.Second, "v10 and v20 applied on n1 and n2", func() (bool, string) {
 		m, out := nets()
 		for _, name := range []string{"v10", "v20"} {
 			for _, node := range []string{"n1", "n2"} {
@@ -162,56 +170,90 @@ func TestNetworksIsolateVLANs(t *testing.T) {
 	console := func(vm string, args ...string) (string, error) {
 		return cli("n1", append([]string{"vm", "console", vm}, args...)...)
 	}
+	// waitRoundsFrom returns the console of vm since boot once it has
+	// printed k more rounds than the capture prev shows.
+	waitRoundsFrom := func(vm, prev string, k int) (string, error) {
+		until := fmt.Sprintf("ROUND-%d-END", lastRound(prev)+k)
+		out, err := console(vm, "--until", until, "--for", "300s")
+		if err != nil {
+			return out, fmt.Errorf("%s never printed %s: %w\n%s", vm, until, err, tail(out))
+		}
+		return out, nil
+	}
+	// snapshot returns a guest's console since boot, through the API. It
+	// retries when `vm console --for` fails: that exit status is a CLI race
+	// (the server, which gets the deadline as grpc-timeout, may end the
+	// stream first), not what this test checks.
+	snapshot := func(vm string) (string, error) {
+		var err error
+		for try := 0; try < 3; try++ {
+			var out string
+			if out, err = console(vm, "--for", "3s"); err == nil {
+				return out, nil
+			}
+			t.Logf("vm console %s --for 3s (retrying): %v", vm, err)
+		}
+		return "", err
+	}
+	waitRounds := func(vm string, k int) (string, error) {
+		prev, err := snapshot(vm)
+		if err != nil {
+			return "", err
+		}
+		return waitRoundsFrom(vm, prev, k)
+	}
 	for _, w := range []struct{ vm, until string }{
 		{"a10", "PING-OK-2"}, // v10 from n1 to n2 over the trunk
 		{"b10", "PING-OK-1"},
 		{"c20", "PING-OK-4"}, // v20 from n2 to n1 over the trunk
 	} {
-		if out, err := console(w.vm, "--until", w.until, "--for", "180s"); err != nil {
+		if out, err := console(w.vm, "--until", w.until, "--for", "300s"); err != nil {
 			t.Fatalf("%s never printed %s: %v\n%s", w.vm, w.until, err, tail(out))
 		}
 		t.Logf("vm create to %s on %s: %s", w.until, w.vm, time.Since(start).Round(time.Millisecond))
 	}
-	if out, err := nodes["n1"].Host.Run(ctx, "ping", "-c1", "-W5", "10.99.0.3"); err != nil {
+	if out, err := nodes["n1"].Host.Run(ctx, "ping", "-c1", "-w10", "10.99.0.3"); err != nil {
 		t.Fatalf("n1's VLAN 20 port cannot reach c20: %v\n%s", err, out)
 	}
 
-	// Isolation: 20 s of a10's and c20's consoles after their network was
-	// known to work. a10 keeps trying .3 and .4 (VLAN 20), c20 tries .1 and
-	// .2 (VLAN 10): every attempt must fail.
+	// Isolation: three more rounds of a10 and c20 after their network was
+	// known to work. a10 keeps trying .3 and .4 (VLAN 20), c20 tries .1
+	// and .2 (VLAN 10): every attempt must fail.
+	start = time.Now()
 	var wins [2]string
 	done := make(chan error, 2)
 	for i, vm := range []string{"a10", "c20"} {
 		go func() {
-			out, err := console(vm, "--for", "20s")
-			wins[i] = out
+			var err error
+			wins[i], err = waitRounds(vm, 3)
 			done <- err
 		}()
 	}
 	for range 2 {
 		if err := <-done; err != nil {
-			t.Fatalf("console: %v", err)
+			t.Fatal(err)
 		}
 	}
+	t.Logf("three more ping rounds of a10 and c20: %s", time.Since(start).Round(time.Millisecond))
 	for _, c := range []struct {
-		vm, out    string
-		ok, denied []string
+		vm, out, ok string
+		denied      []string
 	}{
-		{"a10", wins[0], []string{"PING-OK-2"}, []string{"3", "4"}},
-		{"c20", wins[1], []string{"PING-OK-4"}, []string{"1", "2"}},
+		{"a10", wins[0], "PING-OK-2", []string{"3", "4"}},
+		{"c20", wins[1], "PING-OK-4", []string{"1", "2"}},
 	} {
 		// Only the attempts after the network was up count as evidence.
-		from := strings.Index(c.out, c.ok[0])
+		from := strings.Index(c.out, c.ok)
 		if from < 0 {
-			t.Fatalf("%s: no %s in its console:\n%s", c.vm, c.ok[0], tail(c.out))
+			t.Fatalf("%s: no %s in its console:\n%s", c.vm, c.ok, tail(c.out))
 		}
-		t.Logf("%s console over 20 s: %s", c.vm, pingCounts(c.out[from:]))
+		t.Logf("%s console since its first %s: %s", c.vm, c.ok, pingCounts(c.out[from:]))
 		for _, n := range c.denied {
 			if strings.Contains(c.out, "PING-OK-"+n) {
 				t.Errorf("%s reached 10.99.0.%s across VLANs:\n%s", c.vm, n, tail(c.out))
 			}
-			if got := strings.Count(c.out[from:], "PING-FAIL-"+n); got < 2 {
-				t.Errorf("%s: only %d failed attempts to 10.99.0.%s after its network was up (want ≥ 2):\n%s", c.vm, got, n, tail(c.out))
+			if got := strings.Count(c.out[from:], "PING-FAIL-"+n); got < 3 {
+				t.Errorf("%s: only %d failed attempts to 10.99.0.%s in 3 rounds after its network was up (want ≥ 3):\n%s", c.vm, got, n, tail(c.out))
 			}
 		}
 	}
@@ -235,11 +277,10 @@ func TestNetworksIsolateVLANs(t *testing.T) {
 	stamp := func(m map[string]*pb.Network) int64 { return m["v10"].GetStatus()["n2"].GetUpdatedUnixNano() }
 	m, _ := nets()
 	before, stampBefore := ovsState(), stamp(m)
-	snap, err := console("a10", "--for", "2s")
+	snap, err := snapshot("a10")
 	if err != nil {
 		t.Fatal(err)
 	}
-	failsBefore := strings.Count(snap, "PING-FAIL-2")
 	restart := time.Now()
 	if err := nodes["n2"].Kill(); err != nil {
 		t.Fatal(err)
@@ -249,32 +290,37 @@ func TestNetworksIsolateVLANs(t *testing.T) {
 	}
 	// A fresh agent reports its networks once: a new status timestamp says
 	// its first network pass is over.
-	eventually(t, 60*time.Second, "n2 reports its networks after the restart", func() (bool, string) {
+	eventually(t, 120*time.Second, "n2 reports its networks after the restart", func() (bool, string) {
 		m, out := nets()
 		return m != nil && stamp(m) > stampBefore && applied(m["v10"], "n2") && applied(m["v20"], "n2"), out
 	})
 	t.Logf("corrald restart on n2 to its network report: %s", time.Since(restart).Round(time.Millisecond))
-	eventually(t, 60*time.Second, "b10 and c20 running after the restart", func() (bool, string) {
+	eventually(t, 120*time.Second, "b10 and c20 running after the restart", func() (bool, string) {
 		out, _ := cli("n1", "vm", "list", "-o", "json")
 		return strings.Count(out, "VM_STATE_RUNNING") == 3, out
 	})
 	if after := ovsState(); after != before {
 		t.Errorf("corrald restart changed n2's switch:\nbefore: %s\nafter:  %s", before, after)
 	}
-	// Let a10 make a few more rounds, then compare the whole console.
-	time.Sleep(8 * time.Second)
-	snap2, err := console("a10", "--for", "2s")
+	// Four more rounds of a10 from the snapshot taken before the kill: the
+	// restart falls inside them, and b10 must answer all of them.
+	snap2, err := waitRoundsFrom("a10", snap, 4)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(snap2) > len(snap) {
-		t.Logf("a10 console around the restart: %s", pingCounts(snap2[len(snap):]))
+	// Rounds r0+1 to r0+4 (r0: the last complete one at the snapshot).
+	after := snap2
+	if r0 := lastRound(snap); r0 > 0 {
+		end := fmt.Sprintf("ROUND-%d-END", r0)
+		i := strings.Index(snap2, end)
+		if i < 0 {
+			t.Fatalf("the console of a10 lacks %s, which an earlier capture showed:\n%s", end, tail(snap2))
+		}
+		after = snap2[i+len(end):]
 	}
-	if n := strings.Count(snap2, "PING-FAIL-2"); n != failsBefore {
-		t.Errorf("a10 lost b10 %d times around n2's corrald restart:\n%s", n-failsBefore, tail(snap2))
-	}
-	if strings.Count(snap2, "PING-OK-2") <= strings.Count(snap, "PING-OK-2") {
-		t.Errorf("a10 stopped reaching b10 after n2's corrald restart:\n%s", tail(snap2))
+	t.Logf("a10 console in the 4 rounds around the restart: %s", pingCounts(after))
+	if ok, fail := strings.Count(after, "PING-OK-2"), strings.Count(after, "PING-FAIL-2"); ok != 4 || fail != 0 {
+		t.Errorf("a10 reached b10 %d times and lost it %d times in the 4 rounds around n2's corrald restart (want 4 and 0):\n%s", ok, fail, tail(after))
 	}
 	m, _ = nets()
 	idle := stamp(m)
@@ -286,26 +332,23 @@ func TestNetworksIsolateVLANs(t *testing.T) {
 	// An uplink missing on one node: that node reports it, the other
 	// applies the network.
 	must("n1", "net", "create", "v30", "--vlan", "30", "--kind", "ovs", "--uplink", testenv.TrunkIfName, "--node-uplink", "n2=nope")
-	eventually(t, 60*time.Second, "v30 applied on n1 and failed on n2", func() (bool, string) {
+	eventually(t, 120*time.Second, "v30 applied on n1 and failed on n2", func() (bool, string) {
 		m, out := nets()
 		st := m["v30"].GetStatus()["n2"]
 		return applied(m["v30"], "n1") && !st.GetApplied() && strings.Contains(st.GetError(), "nope"), out
 	})
 	must("n1", "net", "delete", "v30")
-	eventually(t, 30*time.Second, "VLAN 30 gone from n1's trunk", func() (bool, string) {
+	eventually(t, 120*time.Second, "VLAN 30 gone from n1's trunk", func() (bool, string) {
 		out, _ := ovs["n1"].Vsctl(ctx, "get", "Port", testenv.TrunkIfName, "trunks")
 		return strings.TrimSpace(out) == "[10, 20]", out
 	})
-	if out, err := console("a10", "--until", "PING-OK-2", "--replay=false", "--for", "60s"); err != nil {
+	if out, err := console("a10", "--until", "PING-OK-2", "--replay=false", "--for", "300s"); err != nil {
 		t.Fatalf("a10 no longer reaches b10 after v30 came and went: %v\n%s", err, tail(out))
 	}
 }
 
 // startNetNode starts a node with a trunk link, Open vSwitch, libvirtd and
-// corrald. libvirtd plugs OVS NICs by running ovs-vsctl, which finds the
-// database at $OVS_RUNDIR/db.sock: libvirtd inherits the test's environment
-// (testenv.StartLibvirtd offers no other way), hence t.Setenv before each
-// start, which makes the test non-parallel.
+// corrald (testenv points libvirtd's ovs-vsctl at the host's OVS).
 func startNetNode(t *testing.T, ctx context.Context, lab *testenv.Lab, bins testenv.Binaries, name string) (*testenv.Corrald, *testenv.OVS) {
 	t.Helper()
 	h, err := lab.AddHost(name)
@@ -319,7 +362,6 @@ func startNetNode(t *testing.T, ctx context.Context, lab *testenv.Lab, bins test
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Setenv("OVS_RUNDIR", o.Dir)
 	d, err := h.StartLibvirtd(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -356,4 +398,17 @@ func pingCounts(s string) string {
 		}
 	}
 	return strings.Join(parts, ", ")
+}
+
+var roundRe = regexp.MustCompile(`ROUND-(\d+)-END`)
+
+// lastRound is the number of the last round a console capture shows (0:
+// none yet).
+func lastRound(s string) int {
+	m := roundRe.FindAllStringSubmatch(s, -1)
+	if len(m) == 0 {
+		return 0
+	}
+	n, _ := strconv.Atoi(m[len(m)-1][1])
+	return n
 }

@@ -3,12 +3,12 @@ package main
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -476,10 +476,17 @@ func (a *app) consoleCmd(complete func(*cobra.Command, []string, string) ([]cobr
 		ValidArgsFunction: complete,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.with(cmd, func(ctx context.Context, c *client.Client, cluster string) error {
+				// A timer, not a context deadline: a deadline travels to the
+				// server (grpc-timeout), which may end the stream first
+				// (RST_STREAM CANCEL), and a planned detach would look like
+				// a failure.
+				var timedOut atomic.Bool
 				if forDur > 0 {
 					var cancel context.CancelFunc
-					ctx, cancel = context.WithTimeout(ctx, forDur)
+					ctx, cancel = context.WithCancel(ctx)
 					defer cancel()
+					timer := time.AfterFunc(forDur, func() { timedOut.Store(true); cancel() })
+					defer timer.Stop()
 				}
 				ctx, cancel := context.WithCancel(ctx)
 				defer cancel()
@@ -506,9 +513,9 @@ func (a *app) consoleCmd(complete func(*cobra.Command, []string, string) ([]cobr
 				switch {
 				case seen != nil && seen.matched():
 					return nil
-				case seen != nil && (err == nil || errors.Is(err, context.DeadlineExceeded)):
+				case seen != nil && (err == nil || timedOut.Load()):
 					return fmt.Errorf("console of %s: %q not seen", args[0], until)
-				case forDur > 0 && errors.Is(err, context.DeadlineExceeded):
+				case timedOut.Load():
 					return nil // ran for the time asked
 				}
 				return err

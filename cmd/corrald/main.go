@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -46,7 +47,7 @@ func run() error {
 		listen      = flag.String("listen", ":7443", "TLS gRPC API address (host:port)")
 		advertise   = flag.String("advertise", "", "IP other nodes and Ceph see for this node (default: host of --listen)")
 		socket      = flag.String("socket", "/run/corral/corrald.sock", "local admin unix socket (root on this host is admin of every cluster)")
-		metrics     = flag.String("metrics", "", "Prometheus metrics address (host:port), empty to disable")
+		metrics     = flag.String("metrics", "", "Prometheus metrics (and /debug/pprof) address (host:port), empty to disable")
 		libvirtSock = flag.String("libvirt-socket", "/run/libvirt/libvirt-sock", "libvirtd unix socket")
 		noAgent     = flag.Bool("no-agent", false, "do not manage VMs on this node (pure witness)")
 		raftBase    = flag.Int("raft-port", cluster.DefaultRaftPortBase, "first Raft port; each cluster membership takes the next free one")
@@ -148,6 +149,8 @@ func run() error {
 	if *metrics != "" {
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 		hs := &http.Server{Addr: *metrics, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 		go func() { _ = hs.ListenAndServe() }()
 		defer hs.Close()

@@ -141,7 +141,10 @@ func (d *Libvirtd) start(ctx context.Context) error {
 	h := d.host
 	// The daemon outlives ctx, which only bounds the start.
 	cmd := h.Command(context.Background(), "unshare", "-m", "--propagation", "private", "sh", "-ec", libvirtdScript)
-	cmd.Env = append(os.Environ(), "HOSTDIR="+d.HostDir)
+	// libvirtd plugs <virtualport type='openvswitch'/> NICs by running
+	// ovs-vsctl, which looks for $OVS_RUNDIR/db.sock: point it at the
+	// directory StartOVS uses on this host (before or after this start).
+	cmd.Env = append(os.Environ(), "HOSTDIR="+d.HostDir, "OVS_RUNDIR="+filepath.Join(h.Dir, "ovs"))
 	p, err := h.StartProcess("libvirtd", cmd)
 	if err != nil {
 		return err
