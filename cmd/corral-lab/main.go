@@ -56,11 +56,21 @@ func run(stateDir string) error {
 		}
 		opts := testenv.CorraldOptions{}
 		if name != "houston" {
+			// A trunk link to the lab's switch and Open vSwitch: the
+			// clusters' VLANs ride on trunk0 as on the association's
+			// switches.
+			if _, err := lab.AddTrunk(h); err != nil {
+				return err
+			}
+			o, err := h.StartOVS(setup)
+			if err != nil {
+				return err
+			}
 			d, err := h.StartLibvirtd(setup)
 			if err != nil {
 				return err
 			}
-			opts.Libvirt = d
+			opts.Libvirt, opts.OVS = d, o
 		}
 		c, err := h.StartCorrald(setup, bins, opts)
 		if err != nil {
@@ -83,10 +93,20 @@ func run(stateDir string) error {
 			return err
 		}
 	}
-	guestArgs := []string{"--vcpus", "1", "--memory", "192", "--kernel", kernel, "--initrd", initrd, "--cmdline", "console=ttyS0 quiet"}
-	for _, vm := range []struct{ node, cluster, name string }{
-		{"atlantis", "prod", "web"}, {"atlantis", "prod", "db"}, {"challenger", "dev", "test1"},
+	// One VLAN per cluster, declared once for the cluster.
+	for _, n := range []struct{ node, cluster, name, vlan string }{
+		{"atlantis", "prod", "prod-lan", "10"}, {"challenger", "dev", "dev-lan", "20"},
 	} {
+		if out, err := nodes[n.node].CLI(setup, "--cluster", n.cluster, "net", "create", n.name, "--vlan", n.vlan, "--kind", "ovs", "--uplink", "trunk0"); err != nil {
+			return fmt.Errorf("net create %s: %v: %s", n.name, err, out)
+		}
+	}
+	for _, vm := range []struct{ node, cluster, name, net, ip string }{
+		{"atlantis", "prod", "web", "prod-lan", "10.10.0.1/24"}, {"atlantis", "prod", "db", "prod-lan", "10.10.0.2/24"},
+		{"challenger", "dev", "test1", "dev-lan", "10.20.0.1/24"},
+	} {
+		guestArgs := []string{"--vcpus", "1", "--memory", "192", "--kernel", kernel, "--initrd", initrd,
+			"--net", vm.net, "--cmdline", "console=ttyS0 quiet corral.ip=" + vm.ip}
 		// Wait until the cluster has a ready voter.
 		deadline := time.Now().Add(90 * time.Second)
 		for {
@@ -103,7 +123,7 @@ func run(stateDir string) error {
 	}
 	for _, c := range []string{"prod", "dev"} {
 		node := map[string]string{"prod": "atlantis", "dev": "challenger"}[c]
-		for _, args := range [][]string{{"cluster", "status"}, {"vm", "list"}} {
+		for _, args := range [][]string{{"cluster", "status"}, {"net", "list"}, {"vm", "list"}} {
 			out, _ := nodes[node].CLI(setup, append([]string{"--cluster", c}, args...)...)
 			fmt.Printf("\n$ corral --cluster %s %s\n%s", c, args[0]+" "+args[1], out)
 		}
