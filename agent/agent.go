@@ -197,12 +197,15 @@ func (a *Agent) connectLoop(ctx context.Context) {
 			continue
 		}
 		backoff = 200 * time.Millisecond
-		if a.hvType == "" {
-			a.hvType = "qemu"
+		if a.domainType() == "" {
+			t := "qemu"
 			if a.cfg.Probe != nil {
-				a.hvType = a.cfg.Probe(ctx, hv)
+				t = a.cfg.Probe(ctx, hv)
 			}
-			a.log.Info("hypervisor type", "type", a.hvType)
+			a.mu.Lock()
+			a.hvType = t
+			a.mu.Unlock()
+			a.log.Info("hypervisor type", "type", t)
 		}
 		evs, err := hv.Events(ctx)
 		if err != nil {
@@ -258,7 +261,7 @@ func (a *Agent) reportInventory(ctx context.Context, hv Hypervisor) {
 		if err != nil {
 			a.log.Warn("host info", "err", err)
 		} else {
-			inv = &pb.Inventory{Cpus: int32(h.CPUs), MemoryMib: int64(h.MemoryMiB), Hypervisor: a.hvType,
+			inv = &pb.Inventory{Cpus: int32(h.CPUs), MemoryMib: int64(h.MemoryMiB), Hypervisor: a.domainType(),
 				LibvirtVersion: h.LibvirtVersion, QemuVersion: h.QEMUVersion, Hostname: h.Hostname}
 		}
 	}
@@ -365,4 +368,12 @@ func wrapf(err error, format string, args ...any) error {
 		return nil
 	}
 	return fmt.Errorf(format+": %w", append(args, err)...)
+}
+
+// domainType is the probed hypervisor type ("kvm" or "qemu"), "" before
+// the first connection.
+func (a *Agent) domainType() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.hvType
 }

@@ -7,9 +7,11 @@ import (
 	"time"
 
 	"github.com/minet/corral/cluster"
+	"github.com/minet/corral/errdefs"
 	"github.com/minet/corral/hypervisor"
 	pb "github.com/minet/corral/proto/corral/v1"
 	"github.com/minet/corral/raftstore"
+	"google.golang.org/protobuf/proto"
 )
 
 // Migrator is the hypervisor's live migration.
@@ -30,9 +32,7 @@ func (a *Agent) taskMigrate(ctx context.Context, g *cluster.Group, t *pb.Task, p
 		return fmt.Errorf("vm %q or node %q vanished", name, to)
 	}
 	clear := func() {
-		cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		_, _ = g.Propose(cctx, pb.CommandType_COMMAND_TYPE_VM_MIGRATING, &pb.VMMigratingCommand{Name: name}, a.actor())
+		a.mustPropose(ctx, g, pb.CommandType_COMMAND_TYPE_VM_MIGRATING, &pb.VMMigratingCommand{Name: name})
 	}
 	hv := a.conn()
 	mig, ok := hv.(Migrator)
@@ -62,14 +62,33 @@ func (a *Agent) taskMigrate(ctx context.Context, g *cluster.Group, t *pb.Task, p
 		clear()
 		return fmt.Errorf("migrate %s to %s: %w", name, to, err)
 	}
-	cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if _, err := g.Propose(cctx, pb.CommandType_COMMAND_TYPE_VM_MOVE, &pb.VMMoveCommand{
+	// The guest now runs only on the destination: the move must be
+	// recorded whatever it takes, or the VM would stay marked migrating.
+	if err := a.mustPropose(ctx, g, pb.CommandType_COMMAND_TYPE_VM_MOVE, &pb.VMMoveCommand{
 		Name: name, From: a.cfg.Node, To: to, Reason: fmt.Sprintf("live migration in %s", res.Duration.Round(time.Millisecond)),
-	}, a.actor()); err != nil {
+	}); err != nil {
 		return fmt.Errorf("record move: %w", err)
 	}
 	a.forget(g.Name, name)
 	progress(1, fmt.Sprintf("migrated in %s", res.Duration.Round(time.Millisecond)))
 	return nil
+}
+
+// mustPropose retries a proposal while the cluster is unavailable (an
+// election), for facts that already happened and must be recorded. It
+// gives up on a refusal (the state moved on) or when ctx ends.
+func (a *Agent) mustPropose(ctx context.Context, g *cluster.Group, t pb.CommandType, m proto.Message) error {
+	for {
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		_, err := g.Propose(cctx, t, m, a.actor())
+		cancel()
+		if err == nil || !errdefs.Is(err, errdefs.KindUnavailable) || ctx.Err() != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
 }

@@ -75,7 +75,7 @@ func (a *Agent) domainSpec(ctx context.Context, g *cluster.Group, st *raftstore.
 	}
 	out := hypervisor.Spec{
 		Name: DomainName(g.Name, v.Name), UUID: v.Uuid, Cluster: g.Name, VMID: v.Name,
-		Type: hypervisor.DomainType(a.hvType), VCPUs: int(spec.Vcpus), MemoryMiB: int(spec.MemoryMib),
+		Type: hypervisor.DomainType(a.domainType()), VCPUs: int(spec.Vcpus), MemoryMiB: int(spec.MemoryMib),
 		Machine: spec.Machine, CPUModel: spec.CpuModel, Kernel: spec.Kernel, Initrd: spec.Initrd, Cmdline: spec.Cmdline,
 		UEFI: spec.Uefi, SerialLog: a.ConsoleLog(g.Name, v.Name), VNC: spec.Vnc, GuestAgent: spec.GuestAgent,
 	}

@@ -80,27 +80,29 @@ func (a *Agent) runTasks(ctx context.Context) {
 			_, ch := g.Store.Watch()
 			chans = append(chans, ch)
 		}
+		stop := make(chan struct{})
 		select {
 		case <-ctx.Done():
+			close(stop)
 			return
-		case <-anyOf(chans):
+		case <-anyOf(chans, stop):
 		case <-time.After(time.Second):
 		}
+		close(stop)
 	}
 }
 
-func anyOf(chans []<-chan struct{}) <-chan struct{} {
+// anyOf closes its channel when one of chans closes; its goroutines end
+// with stop.
+func anyOf(chans []<-chan struct{}, stop <-chan struct{}) <-chan struct{} {
 	out := make(chan struct{})
-	if len(chans) == 0 {
-		return out
-	}
 	var once sync.Once
 	for _, ch := range chans {
 		go func(ch <-chan struct{}) {
 			select {
 			case <-ch:
 				once.Do(func() { close(out) })
-			case <-time.After(2 * time.Second):
+			case <-stop:
 			}
 		}(ch)
 	}
@@ -108,10 +110,18 @@ func anyOf(chans []<-chan struct{}) <-chan struct{} {
 }
 
 // UpdateTask proposes a task update; errors are logged.
+// A final state is retried through elections: a task left RUNNING would
+// keep its caller waiting.
 func (a *Agent) updateTask(ctx context.Context, g *cluster.Group, u *pb.TaskUpdateCommand) {
-	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	if _, err := g.Propose(cctx, pb.CommandType_COMMAND_TYPE_TASK_UPDATE, u, a.actor()); err != nil {
+	var err error
+	if u.State != pb.TaskState_TASK_STATE_UNSPECIFIED && raftstore.TaskFinished(u.State) {
+		err = a.mustPropose(ctx, g, pb.CommandType_COMMAND_TYPE_TASK_UPDATE, u)
+	} else {
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		_, err = g.Propose(cctx, pb.CommandType_COMMAND_TYPE_TASK_UPDATE, u, a.actor())
+		cancel()
+	}
+	if err != nil {
 		a.log.Warn("task update", "cluster", g.Name, "task", u.Id, "err", err)
 	}
 }

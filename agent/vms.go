@@ -30,11 +30,20 @@ func (a *Agent) reconcileVMs(ctx context.Context, g *cluster.Group, hv Hyperviso
 		fenced bool
 		clean  bool
 	)
+	// List libvirt first, then read the state: a domain that appears in
+	// between (an incoming migration) is then seen with the state that
+	// explains it.
+	lctx, cancel := context.WithTimeout(ctx, DefaultCallTimeout)
+	doms, err := hv.List(lctx, g.Name)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("list domains: %w", err)
+	}
 	g.Store.Read(func(s *raftstore.State) {
-		state = s
+		state = s.Copy()
 		pools = s.SortedPools()
-		all = s.VMs
-		nets = s.Networks
+		all = state.VMs
+		nets = state.Networks
 		for _, v := range s.SortedVMs() {
 			if v.Node == a.cfg.Node {
 				mine = append(mine, v)
@@ -44,12 +53,6 @@ func (a *Agent) reconcileVMs(ctx context.Context, g *cluster.Group, hv Hyperviso
 			fenced, clean = n.Fenced, n.FenceClean
 		}
 	})
-	lctx, cancel := context.WithTimeout(ctx, DefaultCallTimeout)
-	doms, err := hv.List(lctx, g.Name)
-	cancel()
-	if err != nil {
-		return fmt.Errorf("list domains: %w", err)
-	}
 	a.ensureCephSecrets(ctx, g, hv, pools)
 	byName := map[string]hypervisor.Domain{}
 	for _, d := range doms {
@@ -179,7 +182,9 @@ func (a *Agent) reconcileVM(ctx context.Context, g *cluster.Group, hv Hypervisor
 		}
 		a.deleteDisks(ctx, g, v)
 		_ = os.Remove(a.ConsoleLog(g.Name, v.Name))
-		if _, err := g.Propose(ctx, pb.CommandType_COMMAND_TYPE_VM_REMOVE, &pb.VMRemoveCommand{Name: v.Name, Node: a.cfg.Node}, a.actor()); err == nil {
+		pctx, pcancel := context.WithTimeout(ctx, 10*time.Second)
+		defer pcancel()
+		if _, err := g.Propose(pctx, pb.CommandType_COMMAND_TYPE_VM_REMOVE, &pb.VMRemoveCommand{Name: v.Name, Node: a.cfg.Node}, a.actor()); err == nil {
 			a.forget(g.Name, v.Name)
 		}
 		return
@@ -250,10 +255,13 @@ func (a *Agent) reconcileVM(ctx context.Context, g *cluster.Group, hv Hypervisor
 		d.State = hypervisor.StateRunning
 		a.report(ctx, g, v, pb.VMState_VM_STATE_RUNNING, "", d, false)
 	case !want && running:
-		if memo.stopping {
+		a.mu.Lock()
+		busy := memo.stopping
+		memo.stopping, memo.expectStop = true, true
+		a.mu.Unlock()
+		if busy {
 			return
 		}
-		memo.stopping, memo.expectStop = true, true
 		a.report(ctx, g, v, pb.VMState_VM_STATE_STOPPING, "", d, false)
 		force := v.ForceStop
 		go func() {
@@ -268,7 +276,9 @@ func (a *Agent) reconcileVM(ctx context.Context, g *cluster.Group, hv Hypervisor
 			if err != nil {
 				a.log.Error("stop", "cluster", g.Name, "vm", v.Name, "err", err)
 			}
+			a.mu.Lock()
 			memo.stopping = false
+			a.mu.Unlock()
 			a.Kick()
 		}()
 	case want && running:

@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"maps"
 	"time"
 
 	"github.com/minet/corral/errdefs"
@@ -86,7 +87,7 @@ func (s *Server) status(name string) (*pb.ClusterStatusResponse, error) {
 	}
 	var nodes map[string]*pb.Node
 	g.Store.Read(func(st *raftstore.State) {
-		nodes = st.Nodes
+		nodes = maps.Clone(st.Nodes)
 		out.Settings = st.Settings()
 	})
 	isLeader := g.Store.IsLeader()

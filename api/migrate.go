@@ -4,6 +4,7 @@ import (
 	"context"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/google/uuid"
 	"github.com/minet/corral/cluster"
@@ -60,7 +61,10 @@ func startMigration(ctx context.Context, g *cluster.Group, vm *pb.VM, to string,
 		return nil, err
 	}
 	if _, err := g.Propose(ctx, pb.CommandType_COMMAND_TYPE_TASK_CREATE, &pb.TaskCreateCommand{Task: task}, who); err != nil {
-		_, _ = g.Propose(ctx, pb.CommandType_COMMAND_TYPE_VM_MIGRATING, &pb.VMMigratingCommand{Name: vm.Name}, who)
+		// The caller's context may be what failed: roll back regardless.
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer cancel()
+		_, _ = g.Propose(rctx, pb.CommandType_COMMAND_TYPE_VM_MIGRATING, &pb.VMMigratingCommand{Name: vm.Name}, who)
 		return nil, err
 	}
 	var out *pb.Task

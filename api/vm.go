@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/minet/corral/cluster"
 	"github.com/minet/corral/errdefs"
 	pb "github.com/minet/corral/proto/corral/v1"
 	"github.com/minet/corral/raftstore"
@@ -68,10 +69,25 @@ func (s *Server) CreateVM(ctx context.Context, req *pb.CreateVMRequest) (*pb.Cre
 			n.Mac = randomMAC()
 		}
 	}
-	if req.From != "" {
+	created := false
+	switch {
+	case req.From != "" && req.DryRun:
+		// Place as if the clone existed; a dry run creates nothing.
+		pool, _, ok := splitVolume(req.From)
+		if !ok {
+			return nil, errdefs.Invalid("--from wants POOL/TEMPLATE, got %q", req.From)
+		}
+		spec.Disks = append([]*pb.DiskSpec{{Pool: pool, Volume: req.Name + "-disk0"}}, spec.Disks...)
+	case req.From != "":
 		if err := s.cloneBootDisk(ctx, g, req, spec); err != nil {
 			return nil, err
 		}
+		boot := spec.Disks[0]
+		defer func() {
+			if !created {
+				go s.dropClone(context.WithoutCancel(ctx), g, req.Name, boot)
+			}
+		}()
 	}
 	if err := raftstore.CheckSpec(spec); err != nil {
 		return nil, err
@@ -152,7 +168,26 @@ func (s *Server) CreateVM(ctx context.Context, req *pb.CreateVMRequest) (*pb.Cre
 		return nil, werr
 	}
 	resp.Vm = final
+	created = true
 	return resp, nil
+}
+
+// dropClone deletes the boot volume cloned for a VM whose creation failed,
+// once the VM (if it was recorded) is gone and the volume detached.
+func (s *Server) dropClone(ctx context.Context, g *cluster.Group, vm string, d *pb.DiskSpec) {
+	wctx, cancel := context.WithTimeout(ctx, DefaultCreateWait)
+	defer cancel()
+	_ = waitState(wctx, g, func(st *raftstore.State) (bool, error) {
+		_, ok := st.VMs[vm]
+		return !ok, nil
+	})
+	vol, err := s.getVolume(g, d.Pool, d.Volume)
+	if err != nil {
+		return
+	}
+	if _, err := s.volumeTask(wctx, g, "volume.delete", vol, nil, true); err != nil {
+		s.log.Warn("drop clone of failed create", "cluster", g.Name, "vm", vm, "volume", d.Volume, "err", err)
+	}
 }
 
 // localPoolNode returns the node holding a VM's node-local (dir) volume,

@@ -99,7 +99,7 @@ func (h *HA) check(ctx context.Context, g *cluster.Group) {
 		st       *raftstore.State
 		settings *pb.Settings
 	)
-	g.Store.Read(func(s *raftstore.State) { st, settings = s, s.Settings() })
+	g.Store.Read(func(s *raftstore.State) { st, settings = s.Copy(), s.Settings() })
 	now := h.now()
 	if g.LeaderSince().IsZero() {
 		return
@@ -229,7 +229,7 @@ func (h *HA) down(ctx context.Context, g *cluster.Group, st *raftstore.State, n 
 // needsFence: only a node holding HA VMs needs fencing to restart them.
 func needsFence(st *raftstore.State, node string) bool {
 	for _, v := range st.VMs {
-		if v.Node == node && v.Spec.GetHa() == pb.HAMode_HA_MODE_RESTART && v.Power == pb.PowerState_POWER_STATE_RUNNING {
+		if v.Node == node && (v.Deleting || v.Spec.GetHa() == pb.HAMode_HA_MODE_RESTART && v.Power == pb.PowerState_POWER_STATE_RUNNING) {
 			return true
 		}
 	}
@@ -251,6 +251,14 @@ func (h *HA) restart(ctx context.Context, g *cluster.Group, st *raftstore.State,
 	var victims []*pb.VM
 	for _, v := range st.SortedVMs() {
 		n, ok := st.Nodes[v.Node]
+		if ok && n.Fenced && v.Deleting {
+			// Its node is fenced: nobody will undefine it there, and the
+			// node destroys it when it comes back. Finish the delete.
+			cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			_, _ = g.Propose(cctx, pb.CommandType_COMMAND_TYPE_VM_REMOVE, &pb.VMRemoveCommand{Name: v.Name, Node: v.Node}, "ha")
+			cancel()
+			continue
+		}
 		if !ok || !n.Fenced || v.Spec.GetHa() != pb.HAMode_HA_MODE_RESTART || v.Power != pb.PowerState_POWER_STATE_RUNNING {
 			continue
 		}

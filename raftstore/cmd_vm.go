@@ -324,7 +324,7 @@ func applyVMMove(s *State, c *pb.VMMoveCommand, m Meta) any {
 	v := proto.Clone(s.VMs[c.Name]).(*pb.VM)
 	from := v.Node
 	v.Node = c.To
-	v.MigratingTo = ""
+	v.MigratingTo, v.TaskId = "", ""
 	s.VMs[v.Name] = v
 	event(s, m, "vm.move", v.Name, "ok", fmt.Sprintf("%s -> %s: %s", from, c.To, c.Reason))
 	return v
@@ -382,7 +382,7 @@ func applyVMFailover(s *State, c *pb.VMFailoverCommand, m Meta) any {
 		return v
 	}
 	v.Node = c.To
-	v.MigratingTo = ""
+	v.MigratingTo, v.TaskId = "", ""
 	v.RestartsUnixNano = append(v.RestartsUnixNano, m.Time)
 	st := proto.Clone(v.Status).(*pb.VMStatus)
 	st.State, st.Reason, st.Node = pb.VMState_VM_STATE_STOPPED, "restarting after loss of "+c.From, ""

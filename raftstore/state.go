@@ -1,6 +1,8 @@
 package raftstore
 
 import (
+	"maps"
+	"slices"
 	"sort"
 
 	pb "github.com/minet/corral/proto/corral/v1"
@@ -203,4 +205,16 @@ func (s *State) VMsOn(node string) []*pb.VM {
 		}
 	}
 	return out
+}
+
+// Copy returns a snapshot of s that stays valid after the read lock is
+// released: the FSM replaces map entries in place, so a reader that keeps
+// the maps beyond Read must keep copies (the messages themselves are never
+// changed in place and are shared).
+func (s *State) Copy() *State {
+	c := *s
+	c.Nodes, c.VMs, c.Networks, c.Pools = maps.Clone(s.Nodes), maps.Clone(s.VMs), maps.Clone(s.Networks), maps.Clone(s.Pools)
+	c.Volumes, c.Tasks, c.Tokens = maps.Clone(s.Volumes), maps.Clone(s.Tasks), maps.Clone(s.Tokens)
+	c.Events = slices.Clip(s.Events)
+	return &c
 }
