@@ -59,7 +59,8 @@ demo-stop:
 # floor, VM create to ready, live migration, HA failover), each on its own
 # lab. BENCH_FLAGS passes options, e.g. BENCH_FLAGS='-only raft -runs 3'.
 bench: build
-	$(GO) test -run '^$$' -bench . -benchtime 3x ./scheduler/ ./raftstore/ ./netbridge/ ./storage/rbd/
+	$(GO) test -run '^$$' -bench . -benchtime 3x ./scheduler/ ./raftstore/ ./netbridge/
+	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./storage/rbd/
 	$(BIN)/corral-bench $(BENCH_FLAGS)
 
 clean:
