@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -23,6 +24,7 @@ func (a *Agent) taskKinds() map[string]taskFunc {
 		"volume.rollback": a.taskVolumeRollback,
 		"volume.delete":   a.taskVolumeDelete,
 		"vm.migrate":      a.taskMigrate,
+		"node.drain":      a.taskDrain,
 	}
 }
 
@@ -195,4 +197,45 @@ func (a *Agent) volumeTarget(ctx context.Context, g *cluster.Group, t *pb.Task) 
 		return nil, nil, fmt.Errorf("volume %s/%s not found", t.Params["pool"], t.Params["name"])
 	}
 	return vol, pool, nil
+}
+
+// taskDrain follows the migrations of a drain (params["tasks"]) and fails
+// if one of them fails; the node stays in maintenance either way.
+func (a *Agent) taskDrain(ctx context.Context, g *cluster.Group, t *pb.Task, progress func(float64, string)) error {
+	var ids []string
+	if t.Params["tasks"] != "" {
+		ids = strings.Split(t.Params["tasks"], ",")
+	}
+	for {
+		done, failed := 0, []string{}
+		_, ch := g.Store.Watch()
+		g.Store.Read(func(s *raftstore.State) {
+			for _, id := range ids {
+				c, ok := s.Tasks[id]
+				switch {
+				case !ok:
+					done++
+				case raftstore.TaskFinished(c.State):
+					done++
+					if c.State != pb.TaskState_TASK_STATE_SUCCEEDED {
+						failed = append(failed, c.Target+": "+c.Error)
+					}
+				}
+			}
+		})
+		if len(ids) > 0 {
+			progress(float64(done)/float64(len(ids)), fmt.Sprintf("%d of %d VMs moved off %s", done, len(ids), t.Params["node"]))
+		}
+		if done == len(ids) {
+			if len(failed) > 0 {
+				return fmt.Errorf("drain of %s: %s", t.Params["node"], strings.Join(failed, "; "))
+			}
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 }

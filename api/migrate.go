@@ -157,15 +157,32 @@ func (s *Server) DrainNode(ctx context.Context, req *pb.DrainNodeRequest) (*pb.D
 	if _, err := g.Propose(ctx, pb.CommandType_COMMAND_TYPE_NODE_MAINTENANCE, &pb.NodeMaintenanceCommand{Name: req.Name, Maintenance: true}, actor(ctx)); err != nil {
 		return nil, err
 	}
-	var last *pb.Task
+	var ids []string
 	for _, mv := range moves {
 		t, err := startMigration(ctx, g, mv.vm, mv.to, 0, 0, actor(ctx))
 		if err != nil {
 			return nil, err
 		}
-		last = t
+		ids = append(ids, t.Id)
 	}
-	return &pb.DrainNodeResponse{Task: last}, nil
+	// One parent task follows the migrations, so the drain is a task with
+	// progress like every long operation.
+	var (
+		exec string
+		xerr error
+	)
+	g.Store.Read(func(st *raftstore.State) { exec, xerr = s.executor(st, &pb.Volume{}) })
+	if xerr != nil {
+		return nil, xerr
+	}
+	id := uuid.NewString()
+	parent := &pb.Task{Id: id, Kind: "node.drain", Target: req.Name, Node: exec,
+		Params: map[string]string{"node": req.Name, "tasks": strings.Join(ids, ",")}}
+	if _, err := g.Propose(ctx, pb.CommandType_COMMAND_TYPE_TASK_CREATE, &pb.TaskCreateCommand{Task: parent}, actor(ctx)); err != nil {
+		return nil, err
+	}
+	g.Store.Read(func(st *raftstore.State) { parent = st.Tasks[id] })
+	return &pb.DrainNodeResponse{Task: parent}, nil
 }
 
 // MoveVM moves a stopped VM to another node: only its placement changes,
