@@ -84,25 +84,42 @@ func (a *Agent) reconcileVMs(ctx context.Context, g *cluster.Group, hv Hyperviso
 		a.forget(g.Name, d.VMID)
 	}
 	if fenced {
-		// A fenced node runs nothing until the leader unfences it; once
-		// its stale guests are gone it says so, and the leader removes
-		// its blocklist entry.
+		// A fenced node runs nothing until the leader unfences it. Its
+		// guests that stayed placed here (HA off, or no room elsewhere)
+		// lost their storage client to the blocklist: power them off
+		// (their definition stays) and start them again once unfenced,
+		// as a fenced Proxmox node's guests come back after its reboot.
+		for _, v := range mine {
+			d, ok := byName[DomainName(g.Name, v.Name)]
+			if !ok || d.State == hypervisor.StateStopped || d.State == hypervisor.StateCrashed {
+				continue
+			}
+			memo := a.memo(g.Name, v.Name)
+			a.mu.Lock()
+			memo.expectStop = true
+			a.mu.Unlock()
+			a.log.Warn("fenced: powering off guest until unfenced", "cluster", g.Name, "vm", v.Name)
+			dctx, cancel := context.WithTimeout(ctx, DefaultCallTimeout)
+			if err := hv.Destroy(dctx, d.Name); err != nil {
+				a.log.Error("fenced: power off", "vm", v.Name, "err", err)
+			}
+			cancel()
+		}
 		if !clean {
 			lctx, cancel := context.WithTimeout(ctx, DefaultCallTimeout)
 			left, err := hv.List(lctx, g.Name)
 			cancel()
-			// Clean means no copy of a VM placed elsewhere is left; the
-			// domains of VMs still placed here (not failed over: HA off,
-			// stopped, or no room elsewhere) are not stale and must not
-			// keep the node fenced forever.
-			stale := 0
+			// Clean: no copy of a VM placed elsewhere is left and nothing
+			// runs (defined but stopped domains of VMs placed here stay).
+			busy := 0
 			for _, d := range left {
-				if v, ok := all[d.VMID]; !ok || v.Node != a.cfg.Node {
-					stale++
+				v, ok := all[d.VMID]
+				if !ok || v.Node != a.cfg.Node || (d.State != hypervisor.StateStopped && d.State != hypervisor.StateCrashed) {
+					busy++
 				}
 			}
-			if err == nil && stale == 0 {
-				a.log.Info("fenced: no stale guest left; reporting clean", "cluster", g.Name)
+			if err == nil && busy == 0 {
+				a.log.Info("fenced: no guest left running; reporting clean", "cluster", g.Name)
 				cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 				_, _ = g.Propose(cctx, pb.CommandType_COMMAND_TYPE_NODE_HEALTH, &pb.NodeHealthCommand{Name: a.cfg.Node, Clean: true}, a.actor())
 				cancel()
@@ -225,13 +242,16 @@ func (a *Agent) reconcileVM(ctx context.Context, g *cluster.Group, hv Hypervisor
 	want := v.Power == pb.PowerState_POWER_STATE_RUNNING
 	switch {
 	case want && !running:
-		if memo.expectStop || !exists || d.State != hypervisor.StateCrashed {
-			memo.expectStop = false
-		}
+		// Did corral stop it (a stop, a cold reboot, a fence)? Then it
+		// starts again; otherwise the guest stopped by itself.
+		a.mu.Lock()
+		byUs := memo.expectStop
+		memo.expectStop = false
+		a.mu.Unlock()
 		if v.Status.GetState() == pb.VMState_VM_STATE_ERROR && v.Status.GetObservedGeneration() == v.Generation && memo.lastFailure != "" {
 			return // do not hammer a start that fails; a new start clears it
 		}
-		if exists && d.State == hypervisor.StateStopped && v.Status.GetState() == pb.VMState_VM_STATE_RUNNING && !memo.expectStop && v.Spec.GetHa() != pb.HAMode_HA_MODE_RESTART {
+		if exists && d.State == hypervisor.StateStopped && v.Status.GetState() == pb.VMState_VM_STATE_RUNNING && !byUs && v.Spec.GetHa() != pb.HAMode_HA_MODE_RESTART {
 			// The guest stopped by itself (or was destroyed from outside):
 			// like Proxmox without HA, it stays off; report it.
 			a.report(ctx, g, v, pb.VMState_VM_STATE_STOPPED, "stopped outside corral: "+d.Reason, d, true)
