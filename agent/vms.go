@@ -102,6 +102,8 @@ func (a *Agent) reconcileVMs(ctx context.Context, g *cluster.Group, hv Hyperviso
 			dctx, cancel := context.WithTimeout(ctx, DefaultCallTimeout)
 			if err := hv.Destroy(dctx, d.Name); err != nil {
 				a.log.Error("fenced: power off", "vm", v.Name, "err", err)
+			} else {
+				a.report(ctx, g, v, pb.VMState_VM_STATE_STOPPED, "powered off: node fenced on storage; restarts once unfenced", d, false)
 			}
 			cancel()
 		}

@@ -755,6 +755,17 @@ func TestHA(t *testing.T) {
 	})
 
 	t.Run("NodeLoss", func(t *testing.T) {
+		// plain1 has HA off: it stays placed on n3, is powered off while
+		// n3 is fenced (its storage client is blocklisted) and runs again
+		// there once n3 is unfenced.
+		l.must(append([]string{"vm", "create", "plain1", "--node", "n3"}, base...)...)
+		eventually(t, 120*time.Second, "plain1 running on n3", func() (bool, string) {
+			v, err := l.vm("plain1")
+			if err != nil {
+				return false, err.Error()
+			}
+			return v.GetNode() == "n3" && v.GetStatus().GetState() == pb.VMState_VM_STATE_RUNNING, fmt.Sprint(v.GetStatus())
+		})
 		since := l.lastEvent(t)
 		// ha1 can only go to n2: mig1 is on n1.
 		l.failover(t, "n3", []string{"ha1"}, func() { l.cut("n3") })
@@ -764,6 +775,13 @@ func TestHA(t *testing.T) {
 		}
 		l.reconnect("n3")
 		l.waitRejoined(t, "n3", since, []string{"ha1"})
+		eventually(t, 120*time.Second, "plain1 running again on n3 after unfence", func() (bool, string) {
+			v, err := l.vm("plain1")
+			if err != nil {
+				return false, err.Error()
+			}
+			return v.GetNode() == "n3" && v.GetStatus().GetState() == pb.VMState_VM_STATE_RUNNING && v.GetStatus().GetBoots() >= 2, fmt.Sprint(v.GetStatus())
+		})
 		if segs := l.proof(t, "ha1"); len(segs) < 2 {
 			t.Fatalf("ha1 restarted but its disk shows one boot: %+v", segs)
 		}
