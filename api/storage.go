@@ -138,6 +138,16 @@ func (s *Server) volumeTask(ctx context.Context, g *cluster.Group, kind string, 
 	return t, err
 }
 
+// volumeOf returns the group and the volume a request names.
+func (s *Server) volumeOf(clusterName, pool, name string) (*cluster.Group, *pb.Volume, error) {
+	g, err := s.group(clusterName)
+	if err != nil {
+		return nil, nil, err
+	}
+	v, err := s.getVolume(g, pool, name)
+	return g, v, err
+}
+
 func (s *Server) getVolume(g *cluster.Group, pool, name string) (*pb.Volume, error) {
 	var v *pb.Volume
 	g.Store.Read(func(st *raftstore.State) { v = st.Volumes[raftstore.VolumeKey(pool, name)] })
@@ -259,11 +269,7 @@ func (s *Server) ListVolumes(ctx context.Context, req *pb.ListVolumesRequest) (*
 }
 
 func (s *Server) ResizeVolume(ctx context.Context, req *pb.ResizeVolumeRequest) (*pb.ResizeVolumeResponse, error) {
-	g, err := s.group(req.Cluster)
-	if err != nil {
-		return nil, err
-	}
-	v, err := s.getVolume(g, req.Pool, req.Name)
+	g, v, err := s.volumeOf(req.Cluster, req.Pool, req.Name)
 	if err != nil {
 		return nil, err
 	}
@@ -291,11 +297,7 @@ func (s *Server) SnapshotVolume(ctx context.Context, req *pb.SnapshotVolumeReque
 }
 
 func (s *Server) RollbackVolume(ctx context.Context, req *pb.RollbackVolumeRequest) (*pb.RollbackVolumeResponse, error) {
-	g, err := s.group(req.Cluster)
-	if err != nil {
-		return nil, err
-	}
-	v, err := s.getVolume(g, req.Pool, req.Name)
+	g, v, err := s.volumeOf(req.Cluster, req.Pool, req.Name)
 	if err != nil {
 		return nil, err
 	}
@@ -311,11 +313,7 @@ func (s *Server) RollbackVolume(ctx context.Context, req *pb.RollbackVolumeReque
 }
 
 func (s *Server) DeleteVolume(ctx context.Context, req *pb.DeleteVolumeRequest) (*pb.DeleteVolumeResponse, error) {
-	g, err := s.group(req.Cluster)
-	if err != nil {
-		return nil, err
-	}
-	v, err := s.getVolume(g, req.Pool, req.Name)
+	g, v, err := s.volumeOf(req.Cluster, req.Pool, req.Name)
 	if err != nil {
 		return nil, err
 	}
@@ -331,11 +329,7 @@ func (s *Server) DeleteVolume(ctx context.Context, req *pb.DeleteVolumeRequest) 
 }
 
 func (s *Server) SetTemplate(ctx context.Context, req *pb.SetTemplateRequest) (*pb.SetTemplateResponse, error) {
-	g, err := s.group(req.Cluster)
-	if err != nil {
-		return nil, err
-	}
-	v, err := s.getVolume(g, req.Pool, req.Name)
+	g, v, err := s.volumeOf(req.Cluster, req.Pool, req.Name)
 	if err != nil {
 		return nil, err
 	}
