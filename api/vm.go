@@ -162,9 +162,16 @@ func (s *Server) CreateVM(ctx context.Context, req *pb.CreateVMRequest) (*pb.Cre
 		return false, nil
 	})
 	if werr != nil {
-		dctx, dcancel := context.WithTimeout(context.Background(), 10*time.Second)
+		// Undo, and answer only once the VM is gone, so the caller never
+		// sees it half-created.
+		dctx, dcancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 		defer dcancel()
-		_, _ = g.Propose(dctx, pb.CommandType_COMMAND_TYPE_VM_DELETE, &pb.VMDeleteCommand{Name: req.Name}, actor(ctx))
+		if _, err := g.Propose(dctx, pb.CommandType_COMMAND_TYPE_VM_DELETE, &pb.VMDeleteCommand{Name: req.Name}, actor(ctx)); err == nil {
+			_ = waitState(dctx, g, func(st *raftstore.State) (bool, error) {
+				_, ok := st.VMs[req.Name]
+				return !ok, nil
+			})
+		}
 		return nil, werr
 	}
 	resp.Vm = final
