@@ -138,38 +138,12 @@ func (a *Agent) Run(ctx context.Context) {
 // watchStates kicks a pass whenever any group's state changes.
 func (a *Agent) watchStates(ctx context.Context) {
 	for {
-		var chans []<-chan struct{}
-		for _, g := range a.m.Groups() {
-			_, ch := g.Store.Watch()
-			chans = append(chans, ch)
-		}
-		if len(chans) == 0 {
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(time.Second):
-				continue
-			}
-		}
-		agg := make(chan struct{}, 1)
 		stop := make(chan struct{})
-		for _, ch := range chans {
-			go func(ch <-chan struct{}) {
-				select {
-				case <-ch:
-					select {
-					case agg <- struct{}{}:
-					default:
-					}
-				case <-stop:
-				}
-			}(ch)
-		}
 		select {
 		case <-ctx.Done():
 			close(stop)
 			return
-		case <-agg:
+		case <-a.stateChanged(stop):
 		case <-time.After(5 * time.Second): // groups may have been added
 		}
 		close(stop)
@@ -177,6 +151,17 @@ func (a *Agent) watchStates(ctx context.Context) {
 		// Coalesce bursts of applies into one pass.
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// stateChanged closes when any group's state changes; its goroutines end
+// with stop.
+func (a *Agent) stateChanged(stop <-chan struct{}) <-chan struct{} {
+	var chans []<-chan struct{}
+	for _, g := range a.m.Groups() {
+		_, ch := g.Store.Watch()
+		chans = append(chans, ch)
+	}
+	return anyOf(chans, stop)
 }
 
 // connectLoop keeps a libvirt connection, reconnecting when libvirtd
@@ -296,26 +281,35 @@ func (a *Agent) reportInventory(ctx context.Context, hv Hypervisor) {
 
 // pass reconciles every group once.
 func (a *Agent) pass(ctx context.Context) {
-	if a.cfg.Networks != nil {
-		a.convergeNetworks(ctx)
-	}
-	hv := a.conn()
+	// Only act on a state confirmed current by the leader: without a
+	// quorum, do nothing at all (no self-fencing, guests keep running).
+	// One read index per group serves the whole pass.
+	var confirmed []*cluster.Group
+	all := true
 	for _, g := range a.m.Groups() {
 		if g.Role == pb.NodeRole_NODE_ROLE_WITNESS {
 			continue
 		}
-		// Only act on a state confirmed current by the leader: without a
-		// quorum, do nothing at all (no self-fencing, guests keep running).
 		sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		err := a.m.ReadIndex(sctx, g)
 		cancel()
 		if err != nil {
 			a.log.Debug("state not confirmed; not acting", "cluster", g.Name, "err", err)
+			all = false
 			continue
 		}
-		if hv == nil {
-			continue
-		}
+		confirmed = append(confirmed, g)
+	}
+	// Bridges are node-wide: converge them only when every cluster's
+	// state is confirmed, never tearing down networking under guests.
+	if a.cfg.Networks != nil && all {
+		a.convergeNetworks(ctx, confirmed)
+	}
+	hv := a.conn()
+	if hv == nil {
+		return
+	}
+	for _, g := range confirmed {
 		if err := a.reconcileVMs(ctx, g, hv); err != nil {
 			a.log.Warn("reconcile", "cluster", g.Name, "err", err)
 		}

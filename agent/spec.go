@@ -236,9 +236,10 @@ func (a *Agent) deleteDisks(ctx context.Context, g *cluster.Group, v *pb.VM) {
 	_ = os.Remove(filepath.Join(a.cfg.DataDir, "seeds", g.Name, v.Name+".img"))
 }
 
-// convergeNetworks applies every group's networks on this node at once
-// (bridges are node-wide) and reports per-network status when it changed.
-func (a *Agent) convergeNetworks(ctx context.Context) {
+// convergeNetworks applies the networks of groups (every voter membership
+// of this node, each with a confirmed state) at once, as bridges are
+// node-wide, and reports per-network status when it changed.
+func (a *Agent) convergeNetworks(ctx context.Context, groups []*cluster.Group) {
 	type owned struct {
 		g    *cluster.Group
 		name string
@@ -247,18 +248,7 @@ func (a *Agent) convergeNetworks(ctx context.Context) {
 		all   []netbridge.Network
 		owner = map[string]owned{}
 	)
-	for _, g := range a.m.Groups() {
-		if g.Role == pb.NodeRole_NODE_ROLE_WITNESS {
-			continue
-		}
-		sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		err := a.m.ReadIndex(sctx, g)
-		cancel()
-		if err != nil {
-			// Without a confirmed state, keep the bridges as they are:
-			// never tear down networking under running guests.
-			return
-		}
+	for _, g := range groups {
 		g.Store.Read(func(s *raftstore.State) {
 			for _, n := range s.SortedNetworks() {
 				bn := a.bridgeNetwork(g.Name, n)

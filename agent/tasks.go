@@ -77,17 +77,12 @@ func (a *Agent) runTasks(ctx context.Context) {
 				go a.runTask(ctx, g, t, fn)
 			}
 		}
-		var chans []<-chan struct{}
-		for _, g := range a.m.Groups() {
-			_, ch := g.Store.Watch()
-			chans = append(chans, ch)
-		}
 		stop := make(chan struct{})
 		select {
 		case <-ctx.Done():
 			close(stop)
 			return
-		case <-anyOf(chans, stop):
+		case <-a.stateChanged(stop):
 		case <-time.After(time.Second):
 		}
 		close(stop)
