@@ -77,7 +77,19 @@ type Agent struct {
 
 	inventorySent map[string]string
 	netSent       map[string]string
+
+	// unconfirmed is, per cluster, since when its state could not be
+	// confirmed (no read index): the agent does nothing meanwhile, so a
+	// long spell is logged (only the pass goroutine touches it).
+	unconfirmed map[string]time.Time
+	warnedAt    map[string]time.Time
 }
+
+// Thresholds past which a pass is worth a warning.
+const (
+	slowPass         = 5 * time.Second
+	unconfirmedAlarm = 5 * time.Second
+)
 
 // vmMemo is what the agent remembers of a VM between passes.
 type vmMemo struct {
@@ -99,7 +111,8 @@ func New(cfg Config, m *cluster.Manager) *Agent {
 		cfg.Resync = DefaultResync
 	}
 	return &Agent{cfg: cfg, m: m, log: cfg.Logger.With("node", cfg.Node), kick: make(chan struct{}, 1),
-		vmMemory: map[string]*vmMemo{}, inventorySent: map[string]string{}, netSent: map[string]string{}}
+		vmMemory: map[string]*vmMemo{}, inventorySent: map[string]string{}, netSent: map[string]string{},
+		unconfirmed: map[string]time.Time{}, warnedAt: map[string]time.Time{}}
 }
 
 // Kick asks for a reconcile pass soon.
@@ -281,6 +294,7 @@ func (a *Agent) reportInventory(ctx context.Context, hv Hypervisor) {
 
 // pass reconciles every group once.
 func (a *Agent) pass(ctx context.Context) {
+	start := time.Now()
 	// Only act on a state confirmed current by the leader: without a
 	// quorum, do nothing at all (no self-fencing, guests keep running).
 	// One read index per group serves the whole pass.
@@ -294,17 +308,31 @@ func (a *Agent) pass(ctx context.Context) {
 		err := a.m.ReadIndex(sctx, g)
 		cancel()
 		if err != nil {
-			a.log.Debug("state not confirmed; not acting", "cluster", g.Name, "err", err)
+			a.notConfirmed(g.Name, err)
 			all = false
 			continue
 		}
+		if since, ok := a.unconfirmed[g.Name]; ok {
+			a.log.Info("cluster state confirmed again; acting", "cluster", g.Name, "after", time.Since(since).Round(time.Millisecond))
+			delete(a.unconfirmed, g.Name)
+		}
 		confirmed = append(confirmed, g)
 	}
+	confirmedAt := time.Now()
 	// Bridges are node-wide: converge them only when every cluster's
 	// state is confirmed, never tearing down networking under guests.
 	if a.cfg.Networks != nil && all {
 		a.convergeNetworks(ctx, confirmed)
 	}
+	netsAt := time.Now()
+	defer func() {
+		if d := time.Since(start); d > slowPass {
+			a.log.Warn("slow reconcile pass", "took", d.Round(time.Millisecond),
+				"read_index", confirmedAt.Sub(start).Round(time.Millisecond),
+				"networks", netsAt.Sub(confirmedAt).Round(time.Millisecond),
+				"vms", time.Since(netsAt).Round(time.Millisecond))
+		}
+	}()
 	hv := a.conn()
 	if hv == nil {
 		return
@@ -314,6 +342,23 @@ func (a *Agent) pass(ctx context.Context) {
 			a.log.Warn("reconcile", "cluster", g.Name, "err", err)
 		}
 	}
+}
+
+// notConfirmed notes a failed read index; a spell longer than
+// unconfirmedAlarm is a warning (every 10 s), shorter ones debug.
+func (a *Agent) notConfirmed(cluster string, err error) {
+	now := time.Now()
+	since, ok := a.unconfirmed[cluster]
+	if !ok {
+		a.unconfirmed[cluster], since = now, now
+	}
+	if now.Sub(since) < unconfirmedAlarm || now.Sub(a.warnedAt[cluster]) < 10*time.Second {
+		a.log.Debug("state not confirmed; not acting", "cluster", cluster, "err", err)
+		return
+	}
+	a.warnedAt[cluster] = now
+	a.log.Warn("state not confirmed by the leader; not acting", "cluster", cluster,
+		"for", now.Sub(since).Round(time.Second), "err", err)
 }
 
 func (a *Agent) memo(cluster, vm string) *vmMemo {

@@ -241,6 +241,15 @@ func (a *Agent) reconcileVM(ctx context.Context, g *cluster.Group, hv Hypervisor
 		memo.rebootSeq = v.RebootSeq
 	}
 
+	if exists && (d.State == hypervisor.StateShuttingDown || d.State == hypervisor.StateUnknown) {
+		// In transition (a shutdown or a destroy under way, by corral or
+		// not): act once it has settled, never on the way down. Starting
+		// here would boot the guest again right after a destroy from
+		// outside. The stop's lifecycle event kicks the next pass; the
+		// timer covers a missed one.
+		time.AfterFunc(500*time.Millisecond, a.Kick)
+		return
+	}
 	want := v.Power == pb.PowerState_POWER_STATE_RUNNING
 	switch {
 	case want && !running:
@@ -253,9 +262,11 @@ func (a *Agent) reconcileVM(ctx context.Context, g *cluster.Group, hv Hypervisor
 		if v.Status.GetState() == pb.VMState_VM_STATE_ERROR && v.Status.GetObservedGeneration() == v.Generation && memo.lastFailure != "" {
 			return // do not hammer a start that fails; a new start clears it
 		}
-		if exists && d.State == hypervisor.StateStopped && v.Status.GetState() == pb.VMState_VM_STATE_RUNNING && !byUs && v.Spec.GetHa() != pb.HAMode_HA_MODE_RESTART {
-			// The guest stopped by itself (or was destroyed from outside):
-			// like Proxmox without HA, it stays off; report it.
+		if exists && (d.State == hypervisor.StateStopped || d.State == hypervisor.StateCrashed) &&
+			v.Status.GetState() == pb.VMState_VM_STATE_RUNNING && !byUs && v.Spec.GetHa() != pb.HAMode_HA_MODE_RESTART {
+			// The guest stopped by itself, crashed, or was destroyed from
+			// outside: like Proxmox without HA, it stays off; report it
+			// with libvirt's reason.
 			a.report(ctx, g, v, pb.VMState_VM_STATE_STOPPED, "stopped outside corral: "+d.Reason, d, true)
 			return
 		}
@@ -314,6 +325,9 @@ func (a *Agent) reconcileVM(ctx context.Context, g *cluster.Group, hv Hypervisor
 					a.newConsole(g.Name, v.Name)
 					err = hv.Start(cctx, name)
 				}
+				// Destroy returned once the guest was down: this stop is
+				// over, a later one is not ours.
+				memo.expectStop = false
 				memo.bootedGen = v.Generation
 			} else {
 				err = hv.Reboot(cctx, name)

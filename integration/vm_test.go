@@ -140,11 +140,22 @@ func TestVMLifecycle(t *testing.T) {
 		t.Fatalf("virsh destroy: %v\n%s", err, out)
 	}
 	destroyed := time.Now()
+	withEvents := func(out string) string {
+		ev, _ := cli("n1", "event", "list")
+		return out + "\nevents:\n" + ev
+	}
 	eventually(t, 10*time.Second, "state follows virsh destroy", func() (bool, string) {
 		out, _ := cli("n1", "vm", "show", "web", "-o", "json")
-		return strings.Contains(out, "VM_STATE_STOPPED"), out
+		return strings.Contains(out, "VM_STATE_STOPPED"), withEvents(out)
 	})
 	t.Logf("virsh destroy seen in the cluster state after %s", time.Since(destroyed).Round(time.Millisecond))
+	// Like Proxmox without HA, a guest stopped from outside stays off:
+	// corral records it as stopped and does not boot it again.
+	time.Sleep(3 * time.Second) // a few reconcile passes
+	out = must("n1", "vm", "show", "web", "-o", "json")
+	if !strings.Contains(out, "VM_STATE_STOPPED") || !strings.Contains(out, "POWER_STATE_STOPPED") || qemuPID() != "" {
+		t.Fatalf("guest destroyed from outside was started again (qemu pid %q):\n%s", qemuPID(), withEvents(out))
+	}
 
 	must("n1", "vm", "delete", "web")
 	out = must("n1", "vm", "list")

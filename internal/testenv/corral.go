@@ -94,6 +94,9 @@ func (c *Corrald) Start(ctx context.Context) error {
 	if c.opts.OVS != nil {
 		args = append(args, "--ovsdb-socket", c.opts.OVS.DBSock)
 	}
+	if os.Getenv("CORRAL_TEST_DEBUG") != "" {
+		args = append(args, "-v") // debug logs, for chasing a flaky test
+	}
 	args = append(args, c.opts.Args...)
 	cmd := c.Host.Command(context.Background(), c.Bin.Corrald, args...)
 	p, err := c.Host.StartProcess("corrald", cmd)
