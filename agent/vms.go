@@ -209,7 +209,7 @@ func (a *Agent) reconcileVM(ctx context.Context, g *cluster.Group, hv Hypervisor
 		return
 	}
 
-	running := exists && (d.State == hypervisor.StateRunning || d.State == hypervisor.StatePaused)
+	obs := observed{exists: exists, state: d.State}
 	if !exists || memo.definedGen != v.Generation {
 		spec, err := a.domainSpec(cctx, g, st, nets, v)
 		if err == nil {
@@ -219,7 +219,7 @@ func (a *Agent) reconcileVM(ctx context.Context, g *cluster.Group, hv Hypervisor
 			a.report(ctx, g, v, pb.VMState_VM_STATE_ERROR, "define: "+err.Error(), d, false)
 			return
 		}
-		if running && memo.definedGen >= 0 {
+		if obs.running() && memo.definedGen >= 0 {
 			// NICs move live (a changed network); the rest waits for
 			// the next boot.
 			if u, ok := hv.(interface {
@@ -241,35 +241,24 @@ func (a *Agent) reconcileVM(ctx context.Context, g *cluster.Group, hv Hypervisor
 		memo.rebootSeq = v.RebootSeq
 	}
 
-	if exists && (d.State == hypervisor.StateShuttingDown || d.State == hypervisor.StateUnknown) {
-		// In transition (a shutdown or a destroy under way, by corral or
-		// not): act once it has settled, never on the way down. Starting
-		// here would boot the guest again right after a destroy from
-		// outside. The stop's lifecycle event kicks the next pass; the
-		// timer covers a missed one.
-		time.AfterFunc(500*time.Millisecond, a.Kick)
-		return
+	a.mu.Lock()
+	act := decidePower(v, obs, memo)
+	switch act {
+	case actStart, actStayOff:
+		memo.expectStop = false // the stop we expected (if any) is over
+	case actStop:
+		memo.stopping, memo.expectStop = true, true
 	}
-	want := v.Power == pb.PowerState_POWER_STATE_RUNNING
-	switch {
-	case want && !running:
-		// Did corral stop it (a stop, a cold reboot, a fence)? Then it
-		// starts again; otherwise the guest stopped by itself.
-		a.mu.Lock()
-		byUs := memo.expectStop
-		memo.expectStop = false
-		a.mu.Unlock()
-		if v.Status.GetState() == pb.VMState_VM_STATE_ERROR && v.Status.GetObservedGeneration() == v.Generation && memo.lastFailure != "" {
-			return // do not hammer a start that fails; a new start clears it
-		}
-		if exists && (d.State == hypervisor.StateStopped || d.State == hypervisor.StateCrashed) &&
-			v.Status.GetState() == pb.VMState_VM_STATE_RUNNING && !byUs && v.Spec.GetHa() != pb.HAMode_HA_MODE_RESTART {
-			// The guest stopped by itself, crashed, or was destroyed from
-			// outside: like Proxmox without HA, it stays off; report it
-			// with libvirt's reason.
-			a.report(ctx, g, v, pb.VMState_VM_STATE_STOPPED, "stopped outside corral: "+d.Reason, d, true)
-			return
-		}
+	a.mu.Unlock()
+	switch act {
+	case actWait:
+		// The stop's lifecycle event kicks the next pass; the timer
+		// covers a missed one.
+		time.AfterFunc(500*time.Millisecond, a.Kick)
+	case actHoldError, actStopping:
+	case actStayOff:
+		a.report(ctx, g, v, pb.VMState_VM_STATE_STOPPED, "stopped outside corral: "+d.Reason, d, true)
+	case actStart:
 		a.report(ctx, g, v, pb.VMState_VM_STATE_STARTING, "", d, false)
 		if err := a.prepareStart(cctx, g, v); err != nil {
 			memo.lastFailure = err.Error()
@@ -287,14 +276,7 @@ func (a *Agent) reconcileVM(ctx context.Context, g *cluster.Group, hv Hypervisor
 		memo.rebootSeq = v.RebootSeq
 		d.State = hypervisor.StateRunning
 		a.report(ctx, g, v, pb.VMState_VM_STATE_RUNNING, "", d, false)
-	case !want && running:
-		a.mu.Lock()
-		busy := memo.stopping
-		memo.stopping, memo.expectStop = true, true
-		a.mu.Unlock()
-		if busy {
-			return
-		}
+	case actStop:
 		a.report(ctx, g, v, pb.VMState_VM_STATE_STOPPING, "", d, false)
 		force := v.ForceStop
 		go func() {
@@ -314,39 +296,38 @@ func (a *Agent) reconcileVM(ctx context.Context, g *cluster.Group, hv Hypervisor
 			a.mu.Unlock()
 			a.Kick()
 		}()
-	case want && running:
-		if v.RebootSeq > memo.rebootSeq {
-			memo.rebootSeq = v.RebootSeq
-			var err error
-			if memo.bootedGen != v.Generation {
-				// A changed config applies at the next boot: cold reboot.
-				memo.expectStop = true
-				if err = hv.Destroy(cctx, name); err == nil {
-					a.newConsole(g.Name, v.Name)
-					err = hv.Start(cctx, name)
-				}
-				// Destroy returned once the guest was down: this stop is
-				// over, a later one is not ours.
-				memo.expectStop = false
-				memo.bootedGen = v.Generation
-			} else {
-				err = hv.Reboot(cctx, name)
+	case actReboot, actColdReboot:
+		memo.rebootSeq = v.RebootSeq
+		var err error
+		if act == actColdReboot {
+			// A changed config applies at the next boot. Destroy returns
+			// once the guest is down, so no stop is left expected.
+			if err = hv.Destroy(cctx, name); err == nil {
+				a.newConsole(g.Name, v.Name)
+				err = hv.Start(cctx, name)
 			}
-			if err != nil {
-				a.report(ctx, g, v, pb.VMState_VM_STATE_ERROR, "reboot: "+err.Error(), d, false)
-				return
-			}
-			a.report(ctx, g, v, pb.VMState_VM_STATE_RUNNING, "rebooted", d, true)
+			memo.bootedGen = v.Generation
+		} else {
+			err = hv.Reboot(cctx, name)
+		}
+		if err != nil {
+			a.report(ctx, g, v, pb.VMState_VM_STATE_ERROR, "reboot: "+err.Error(), d, false)
 			return
 		}
-		state := pb.VMState_VM_STATE_RUNNING
-		if d.State == hypervisor.StatePaused {
+		a.report(ctx, g, v, pb.VMState_VM_STATE_RUNNING, "rebooted", d, true)
+	case actReport:
+		state := pb.VMState_VM_STATE_STOPPED
+		switch {
+		case d.State == hypervisor.StatePaused:
 			state = pb.VMState_VM_STATE_PAUSED
+		case obs.running():
+			state = pb.VMState_VM_STATE_RUNNING
+		default:
+			a.mu.Lock()
+			memo.expectStop = false
+			a.mu.Unlock()
 		}
 		a.report(ctx, g, v, state, "", d, false)
-	default: // stopped and should be
-		memo.expectStop = false
-		a.report(ctx, g, v, pb.VMState_VM_STATE_STOPPED, "", d, false)
 	}
 }
 
