@@ -19,6 +19,7 @@ import (
 	"github.com/minet/corral/raftstore"
 	"github.com/minet/corral/scheduler"
 	"github.com/minet/corral/storage/rbd"
+	"google.golang.org/protobuf/proto"
 )
 
 // Defaults of the HA loop.
@@ -28,15 +29,50 @@ const (
 	DefaultFenceTimeout = 15 * time.Second
 )
 
-// Fencer blocklists and unblocklists a node's storage address.
+// Fencer blocklists and unblocklists a node's storage address. sealKey
+// unseals the pools' stored credentials.
 type Fencer interface {
-	Fence(ctx context.Context, g *cluster.Group, pools []*pb.StoragePool, addr string) error
-	Unfence(ctx context.Context, g *cluster.Group, pools []*pb.StoragePool, addr string) error
+	Fence(ctx context.Context, sealKey []byte, pools []*pb.StoragePool, addr string) error
+	Unfence(ctx context.Context, sealKey []byte, pools []*pb.StoragePool, addr string) error
+}
+
+// group is what HA needs of this node's membership of one cluster; a
+// *cluster.Group provides it through clusterGroup.
+type group interface {
+	Name() string
+	Witness() bool // this node is a witness in this cluster
+	SealKey() []byte
+	IsLeader() bool
+	Term() uint64 // the current Raft term
+	LeaderSince() time.Time
+	LastHeartbeat(node string) (time.Time, bool)
+	Read(fn func(*raftstore.State))
+	Barrier(ctx context.Context) error
+	Propose(ctx context.Context, t pb.CommandType, payload proto.Message, actor string) (any, error)
+}
+
+// clusterGroup adapts a *cluster.Group to group.
+type clusterGroup struct{ g *cluster.Group }
+
+func (c clusterGroup) Name() string                      { return c.g.Name }
+func (c clusterGroup) Witness() bool                     { return c.g.Role == pb.NodeRole_NODE_ROLE_WITNESS }
+func (c clusterGroup) SealKey() []byte                   { return c.g.SealKey }
+func (c clusterGroup) IsLeader() bool                    { return c.g.Store.IsLeader() }
+func (c clusterGroup) Term() uint64                      { return c.g.Store.Raft().CurrentTerm() }
+func (c clusterGroup) LeaderSince() time.Time            { return c.g.LeaderSince() }
+func (c clusterGroup) Read(fn func(*raftstore.State))    { c.g.Store.Read(fn) }
+func (c clusterGroup) Barrier(ctx context.Context) error { return c.g.Store.Barrier(ctx) }
+func (c clusterGroup) LastHeartbeat(node string) (time.Time, bool) {
+	return c.g.LastHeartbeat(node)
+}
+func (c clusterGroup) Propose(ctx context.Context, t pb.CommandType, payload proto.Message, actor string) (any, error) {
+	return c.g.Propose(ctx, t, payload, actor)
 }
 
 // HA is the failure detector and restarter.
 type HA struct {
-	m      *cluster.Manager
+	self   string         // this node's name
+	groups func() []group // this node's memberships
 	log    *slog.Logger
 	fencer Fencer
 	now    func() time.Time
@@ -52,7 +88,14 @@ type leaderTerm struct {
 
 // New returns an HA loop fencing through Ceph.
 func New(m *cluster.Manager, log *slog.Logger) *HA {
-	return &HA{m: m, log: log, fencer: cephFencer{}, now: time.Now, terms: map[string]leaderTerm{}}
+	groups := func() []group {
+		var out []group
+		for _, g := range m.Groups() {
+			out = append(out, clusterGroup{g})
+		}
+		return out
+	}
+	return &HA{self: m.NodeName(), groups: groups, log: log, fencer: cephFencer{}, now: time.Now, terms: map[string]leaderTerm{}}
 }
 
 // leaderSince returns from when heartbeat silence may be counted in this
@@ -60,15 +103,15 @@ func New(m *cluster.Manager, log *slog.Logger) *HA {
 // re-election between two ticks cannot go unnoticed (the manager's
 // LeaderSince is refreshed on its own, slower tick and may still date from
 // the previous leadership, when heartbeats stopped during a partition).
-func (h *HA) leaderSince(g *cluster.Group, now time.Time) time.Time {
-	term := g.Store.Raft().CurrentTerm()
+func (h *HA) leaderSince(g group, now time.Time) time.Time {
+	term := g.Term()
 	if h.terms == nil {
 		h.terms = map[string]leaderTerm{}
 	}
-	lt, ok := h.terms[g.Name]
+	lt, ok := h.terms[g.Name()]
 	if !ok || lt.term != term {
 		lt = leaderTerm{term: term, since: now}
-		h.terms[g.Name] = lt
+		h.terms[g.Name()] = lt
 	}
 	if s := g.LeaderSince(); s.After(lt.since) {
 		return s
@@ -86,20 +129,25 @@ func (h *HA) Run(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		for _, g := range h.m.Groups() {
-			if g.Store.IsLeader() && g.Role != pb.NodeRole_NODE_ROLE_WITNESS {
-				h.check(ctx, g)
-			}
+		h.tick(ctx)
+	}
+}
+
+// tick checks once every cluster this node leads as a voter.
+func (h *HA) tick(ctx context.Context) {
+	for _, g := range h.groups() {
+		if g.IsLeader() && !g.Witness() {
+			h.check(ctx, g)
 		}
 	}
 }
 
-func (h *HA) check(ctx context.Context, g *cluster.Group) {
+func (h *HA) check(ctx context.Context, g group) {
 	var (
 		st       *raftstore.State
 		settings *pb.Settings
 	)
-	g.Store.Read(func(s *raftstore.State) { st, settings = s.Copy(), s.Settings() })
+	g.Read(func(s *raftstore.State) { st, settings = s.Copy(), s.Settings() })
 	now := h.now()
 	if g.LeaderSince().IsZero() {
 		return
@@ -107,8 +155,9 @@ func (h *HA) check(ctx context.Context, g *cluster.Group) {
 	since := h.leaderSince(g, now)
 	suspectAfter := time.Duration(settings.SuspectAfterMs) * time.Millisecond
 	downAfter := time.Duration(settings.DownAfterMs) * time.Millisecond
+	var silentNodes []string // suspect or down: no place to restart a VM
 	for _, n := range st.SortedNodes() {
-		if n.Name == h.m.NodeName() {
+		if n.Name == h.self {
 			continue
 		}
 		last, ok := g.LastHeartbeat(n.Name)
@@ -117,6 +166,9 @@ func (h *HA) check(ctx context.Context, g *cluster.Group) {
 			last = since
 		}
 		silent := now.Sub(last)
+		if silent >= suspectAfter {
+			silentNodes = append(silentNodes, n.Name)
+		}
 		switch {
 		case silent < suspectAfter:
 			h.alive(ctx, g, st, n)
@@ -129,13 +181,13 @@ func (h *HA) check(ctx context.Context, g *cluster.Group) {
 			h.down(ctx, g, st, n, silent)
 		}
 	}
-	h.restart(ctx, g, st, settings)
+	h.restart(ctx, g, st, settings, silentNodes)
 	h.sweepTasks(ctx, g, st)
 }
 
 // sweepTasks fails the unfinished tasks of a node declared down: nobody
 // else will finish them, and a caller waiting on one must hear why.
-func (h *HA) sweepTasks(ctx context.Context, g *cluster.Group, st *raftstore.State) {
+func (h *HA) sweepTasks(ctx context.Context, g group, st *raftstore.State) {
 	for _, t := range st.SortedTasks() {
 		if raftstore.TaskFinished(t.State) || t.Node == "" {
 			continue
@@ -150,7 +202,7 @@ func (h *HA) sweepTasks(ctx context.Context, g *cluster.Group, st *raftstore.Sta
 		}, "ha")
 		cancel()
 		if err != nil {
-			h.log.Warn("ha: fail orphaned task", "cluster", g.Name, "task", t.Id, "err", err)
+			h.log.Warn("ha: fail orphaned task", "cluster", g.Name(), "task", t.Id, "err", err)
 		}
 		if t.Kind == "vm.migrate" && t.Params["vm"] != "" {
 			cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -160,28 +212,44 @@ func (h *HA) sweepTasks(ctx context.Context, g *cluster.Group, st *raftstore.Sta
 	}
 }
 
-func (h *HA) health(ctx context.Context, g *cluster.Group, c *pb.NodeHealthCommand) error {
+func (h *HA) health(ctx context.Context, g group, c *pb.NodeHealthCommand) error {
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	_, err := g.Propose(cctx, pb.CommandType_COMMAND_TYPE_NODE_HEALTH, c, "ha")
 	if err != nil {
-		h.log.Warn("ha: node health", "cluster", g.Name, "node", c.Name, "err", err)
+		h.log.Warn("ha: node health", "cluster", g.Name(), "node", c.Name, "err", err)
 	}
 	return err
 }
 
 // alive handles a node that heartbeats: back to ready, and a fenced node
 // that reported itself clean is unblocklisted, then unfenced.
-func (h *HA) alive(ctx context.Context, g *cluster.Group, st *raftstore.State, n *pb.Node) {
+func (h *HA) alive(ctx context.Context, g group, st *raftstore.State, n *pb.Node) {
 	if n.Fenced {
 		if !n.FenceClean {
 			return // it must first destroy its stale guests
 		}
-		fctx, cancel := context.WithTimeout(ctx, DefaultFenceTimeout)
-		err := h.fencer.Unfence(fctx, g, rbdPools(st), n.StorageAddress)
+		// Lifting the blocklist is as irreversible as setting it, and the
+		// Raft check of the unfence command comes only after it: confirm
+		// leadership, then decide on the state as of that barrier (st may
+		// predate entries a new leader had not applied yet, such as a
+		// re-fence of this node).
+		bctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		err := g.Barrier(bctx)
 		cancel()
 		if err != nil {
-			h.log.Error("ha: unblocklist", "cluster", g.Name, "node", n.Name, "err", err)
+			return
+		}
+		var cur *pb.Node
+		g.Read(func(s *raftstore.State) { cur = s.Nodes[n.Name] })
+		if cur == nil || !cur.Fenced || !cur.FenceClean {
+			return
+		}
+		fctx, cancel := context.WithTimeout(ctx, DefaultFenceTimeout)
+		err = h.fencer.Unfence(fctx, g.SealKey(), rbdPools(st), cur.StorageAddress)
+		cancel()
+		if err != nil {
+			h.log.Error("ha: unblocklist", "cluster", g.Name(), "node", n.Name, "err", err)
 			return
 		}
 		_ = h.health(ctx, g, &pb.NodeHealthCommand{Name: n.Name, Health: pb.NodeHealth_NODE_HEALTH_READY, Unfence: true,
@@ -194,7 +262,7 @@ func (h *HA) alive(ctx context.Context, g *cluster.Group, st *raftstore.State, n
 }
 
 // down declares a node down and fences it before anything of it restarts.
-func (h *HA) down(ctx context.Context, g *cluster.Group, st *raftstore.State, n *pb.Node, silent time.Duration) {
+func (h *HA) down(ctx context.Context, g group, st *raftstore.State, n *pb.Node, silent time.Duration) {
 	if n.Health != pb.NodeHealth_NODE_HEALTH_DOWN {
 		if h.health(ctx, g, &pb.NodeHealthCommand{Name: n.Name, Health: pb.NodeHealth_NODE_HEALTH_DOWN,
 			Reason: fmt.Sprintf("no heartbeat for %s", silent.Round(time.Millisecond))}) != nil {
@@ -210,16 +278,16 @@ func (h *HA) down(ctx context.Context, g *cluster.Group, st *raftstore.State, n 
 	// Confirm leadership right before the irreversible step: a leader cut
 	// off from the rest must not fence anybody.
 	bctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	err := g.Store.Barrier(bctx)
+	err := g.Barrier(bctx)
 	cancel()
 	if err != nil {
 		return
 	}
 	fctx, cancel := context.WithTimeout(ctx, DefaultFenceTimeout)
-	err = h.fencer.Fence(fctx, g, rbdPools(st), n.StorageAddress)
+	err = h.fencer.Fence(fctx, g.SealKey(), rbdPools(st), n.StorageAddress)
 	cancel()
 	if err != nil {
-		h.log.Error("ha: fence failed; not restarting its VMs", "cluster", g.Name, "node", n.Name, "err", err)
+		h.log.Error("ha: fence failed; not restarting its VMs", "cluster", g.Name(), "node", n.Name, "err", err)
 		return
 	}
 	_ = h.health(ctx, g, &pb.NodeHealthCommand{Name: n.Name, Fence: true,
@@ -246,8 +314,10 @@ func rbdPools(st *raftstore.State) []*pb.StoragePool {
 	return out
 }
 
-// restart re-places the HA VMs of fenced nodes, by priority.
-func (h *HA) restart(ctx context.Context, g *cluster.Group, st *raftstore.State, settings *pb.Settings) {
+// restart re-places the HA VMs of fenced nodes, by priority, never on a
+// node in silent (not heartbeating: likely lost too, and the scheduler only
+// refuses nodes already recorded down).
+func (h *HA) restart(ctx context.Context, g group, st *raftstore.State, settings *pb.Settings, silent []string) {
 	var victims []*pb.VM
 	for _, v := range st.SortedVMs() {
 		n, ok := st.Nodes[v.Node]
@@ -283,14 +353,14 @@ func (h *HA) restart(ctx context.Context, g *cluster.Group, st *raftstore.State,
 			cmd.GiveUp = true
 			cmd.Reason = fmt.Sprintf("restarted %d times within %s: giving up", recent, window)
 		} else {
-			req := scheduler.Request{VM: raftstore.SchedulerVM(v), Exclude: []string{v.Node}, Priority: int(v.Spec.HaPriority), Brief: true}
+			req := scheduler.Request{VM: raftstore.SchedulerVM(v), Exclude: append([]string{v.Node}, silent...), Priority: int(v.Spec.HaPriority), Brief: true}
 			req.VM.Node = ""
 			if grp := v.Spec.HaGroup; grp != "" {
 				req.Preferred = splitGroup(grp)
 			}
 			dec, err := scheduler.Place(snap, req)
 			if err != nil {
-				h.log.Warn("ha: no room to restart", "cluster", g.Name, "vm", v.Name, "err", err)
+				h.log.Warn("ha: no room to restart", "cluster", g.Name(), "vm", v.Name, "err", err)
 				continue
 			}
 			placed := req.VM
@@ -303,9 +373,9 @@ func (h *HA) restart(ctx context.Context, g *cluster.Group, st *raftstore.State,
 		_, err := g.Propose(cctx, pb.CommandType_COMMAND_TYPE_VM_FAILOVER, cmd, "ha")
 		cancel()
 		if err != nil {
-			h.log.Warn("ha: failover", "cluster", g.Name, "vm", v.Name, "err", err)
+			h.log.Warn("ha: failover", "cluster", g.Name(), "vm", v.Name, "err", err)
 		} else {
-			h.log.Info("ha: failover", "cluster", g.Name, "vm", v.Name, "from", v.Node, "to", cmd.To, "give_up", cmd.GiveUp)
+			h.log.Info("ha: failover", "cluster", g.Name(), "vm", v.Name, "from", v.Node, "to", cmd.To, "give_up", cmd.GiveUp)
 		}
 	}
 }
@@ -327,17 +397,17 @@ func splitGroup(s string) []string {
 // cephFencer blocklists on every RBD pool's Ceph cluster.
 type cephFencer struct{}
 
-func openPool(ctx context.Context, g *cluster.Group, p *pb.StoragePool) (*rbd.Pool, error) {
-	key, err := pki.Unseal(g.SealKey, p.SealedKey)
+func openPool(ctx context.Context, sealKey []byte, p *pb.StoragePool) (*rbd.Pool, error) {
+	key, err := pki.Unseal(sealKey, p.SealedKey)
 	if err != nil {
 		return nil, fmt.Errorf("unseal key of %s: %w", p.Name, err)
 	}
 	return rbd.Open(ctx, rbd.Config{Monitors: p.Monitors, User: p.User, Key: string(key), Pool: p.CephPool})
 }
 
-func (cephFencer) Fence(ctx context.Context, g *cluster.Group, pools []*pb.StoragePool, addr string) error {
+func (cephFencer) Fence(ctx context.Context, sealKey []byte, pools []*pb.StoragePool, addr string) error {
 	for _, p := range pools {
-		pool, err := openPool(ctx, g, p)
+		pool, err := openPool(ctx, sealKey, p)
 		if err != nil {
 			return err
 		}
@@ -350,9 +420,9 @@ func (cephFencer) Fence(ctx context.Context, g *cluster.Group, pools []*pb.Stora
 	return nil
 }
 
-func (cephFencer) Unfence(ctx context.Context, g *cluster.Group, pools []*pb.StoragePool, addr string) error {
+func (cephFencer) Unfence(ctx context.Context, sealKey []byte, pools []*pb.StoragePool, addr string) error {
 	for _, p := range pools {
-		pool, err := openPool(ctx, g, p)
+		pool, err := openPool(ctx, sealKey, p)
 		if err != nil {
 			return err
 		}
