@@ -83,6 +83,7 @@ type Agent struct {
 	// long spell is logged (only the pass goroutine touches it).
 	unconfirmed map[string]time.Time
 	warnedAt    map[string]time.Time
+	memberships int // groups seen by the last pass: a join lays out TLS files
 }
 
 // Thresholds past which a pass is worth a warning.
@@ -215,6 +216,7 @@ func (a *Agent) connectLoop(ctx context.Context) {
 		a.hv = hv
 		a.mu.Unlock()
 		a.log.Info("connected to libvirt")
+		a.syncLibvirtTLS()
 		a.reportInventory(ctx, hv)
 		a.Kick()
 		inv := time.NewTicker(DefaultInventoryEvery)
@@ -234,6 +236,7 @@ func (a *Agent) connectLoop(ctx context.Context) {
 				a.log.Debug("libvirt event", "domain", ev.Name, "kind", ev.Kind)
 				a.Kick()
 			case <-inv.C:
+				a.syncLibvirtTLS()
 				a.reportInventory(ctx, hv)
 			}
 		}
@@ -295,6 +298,10 @@ func (a *Agent) reportInventory(ctx context.Context, hv Hypervisor) {
 // pass reconciles every group once.
 func (a *Agent) pass(ctx context.Context) {
 	start := time.Now()
+	if n := len(a.m.Groups()); n != a.memberships {
+		a.memberships = n
+		a.syncLibvirtTLS()
+	}
 	// Only act on a state confirmed current by the leader: without a
 	// quorum, do nothing at all (no self-fencing, guests keep running).
 	// One read index per group serves the whole pass.

@@ -40,12 +40,8 @@ func (a *Agent) taskMigrate(ctx context.Context, g *cluster.Group, t *pb.Task, p
 		clear()
 		return fmt.Errorf("libvirt is not connected on %s", a.cfg.Node)
 	}
-	tmpl := a.cfg.Migration.URITemplate
-	if tmpl == "" {
-		tmpl = "qemu+tls://%s/system"
-	}
-	uri := fmt.Sprintf(tmpl, dest.StorageAddress)
-	opts := hypervisor.MigrateOptions{Unsafe: a.cfg.Migration.Unsafe}
+	uri := fmt.Sprintf(a.cfg.Migration.template(), dest.StorageAddress)
+	opts := hypervisor.MigrateOptions{Unsafe: a.cfg.Migration.Unsafe, TLS: a.cfg.Migration.tls()}
 	if ms, err := strconv.ParseInt(t.Params["max_downtime_ms"], 10, 64); err == nil && ms > 0 {
 		opts.MaxDowntime = time.Duration(ms) * time.Millisecond
 	}

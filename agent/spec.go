@@ -35,8 +35,22 @@ type StorageOpener func(ctx context.Context, pool *pb.StoragePool, key string) (
 type MigrationConfig struct {
 	// URITemplate is the destination libvirt URI with %s for the node's
 	// IP, e.g. "qemu+tls://%s/system" (production) or "qemu+tcp://%s/system".
+	// With qemu+tls the QEMU stream is encrypted too (VIR_MIGRATE_TLS).
 	URITemplate string
 	Unsafe      bool
+	// PKI, when set, is where the agent lays out this node's cluster
+	// certificate for libvirtd and QEMU (normally /etc/pki).
+	PKI *pki.LibvirtTLS
+}
+
+// tls reports whether migrations use libvirt's TLS transport.
+func (m MigrationConfig) tls() bool { return strings.HasPrefix(m.template(), "qemu+tls://") }
+
+func (m MigrationConfig) template() string {
+	if m.URITemplate == "" {
+		return "qemu+tls://%s/system"
+	}
+	return m.URITemplate
 }
 
 // cephSecretUsage names the libvirt secret of a pool.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -18,6 +19,7 @@ import (
 	"github.com/digitalocean/go-libvirt"
 	"github.com/google/uuid"
 	"github.com/minet/corral/internal/testenv"
+	"github.com/minet/corral/pki"
 )
 
 // Integration tests: real libvirtd (through testenv) and real TCG guests.
@@ -32,11 +34,29 @@ type testHost struct {
 
 func startHost(t *testing.T, ctx context.Context, lab *testenv.Lab, name string) *testHost {
 	t.Helper()
+	return startHostWith(t, ctx, lab, name, nil)
+}
+
+// startHostWith starts a host whose libvirtd also serves TLS with the
+// credentials creds returns for the host's IP (nil: TCP only).
+func startHostWith(t *testing.T, ctx context.Context, lab *testenv.Lab, name string, creds func(ip net.IP) (pki.Creds, error)) *testHost {
+	t.Helper()
 	h, err := lab.AddHost(name)
 	if err != nil {
 		t.Fatalf("add host %s: %v", name, err)
 	}
-	d, err := h.StartLibvirtd(ctx)
+	var opts testenv.LibvirtdOptions
+	if creds != nil {
+		opts.TLS = func(dir string) error {
+			c, err := creds(net.IP(h.IP.AsSlice()))
+			if err != nil {
+				return err
+			}
+			_, err = pki.LibvirtTLS{Dir: dir}.Write(c)
+			return err
+		}
+	}
+	d, err := h.StartLibvirtdWith(ctx, opts)
 	if err != nil {
 		t.Fatalf("start libvirtd on %s: %v", name, err)
 	}
@@ -741,5 +761,89 @@ func TestIntegrationCephSecret(t *testing.T) {
 	}
 	if err := th.conn.DefineCephSecret(ctx, id, "x", "not base64!"); err == nil {
 		t.Error("a non-base64 key was accepted")
+	}
+}
+
+// TestIntegrationMigrateTLS migrates as production does: qemu+tls:// to the
+// destination's libvirtd and an encrypted QEMU stream, both authenticated by
+// the cluster CA through the files pki.LibvirtTLS lays out. A host whose
+// certificate comes from another cluster's CA is refused.
+func TestIntegrationMigrateTLS(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	now := time.Now()
+	prod, err := pki.NewCA("prod", now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev, err := pki.NewCA("dev", now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	issuer := func(ca *pki.CA, name string) func(net.IP) (pki.Creds, error) {
+		return func(ip net.IP) (pki.Creds, error) {
+			return ca.NewCreds(pki.RoleNode, name, []net.IP{ip}, now, time.Hour)
+		}
+	}
+	lab := testenv.New(t, testenv.Options{})
+	src := startHostWith(t, ctx, lab, "src", issuer(prod, "src"))
+	dst := startHostWith(t, ctx, lab, "dst", issuer(prod, "dst"))
+	rogue := startHostWith(t, ctx, lab, "rogue", issuer(dev, "rogue"))
+	kernel, initrd, err := testenv.BuildGuest(t.TempDir(), testenv.GuestOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := guestSpec(t, "tlsmig", kernel, initrd)
+	if err := src.conn.Define(ctx, s); err != nil {
+		t.Fatal(err)
+	}
+	if err := src.conn.Start(ctx, s.Name); err != nil {
+		t.Fatal(err)
+	}
+	waitFile(t, s.SerialLog, regexp.MustCompile(`count 2\b`), 60*time.Second)
+
+	// Another cluster's node: the TLS handshake fails, nothing moves.
+	if _, err := src.conn.Migrate(ctx, s.Name, rogue.d.TLSURI, MigrateOptions{TLS: true, Unsafe: true}, nil); err == nil {
+		t.Fatal("migration to a host of another CA succeeded")
+	} else {
+		t.Logf("to a host of another CA: %v", err)
+	}
+	if d, err := src.conn.Get(ctx, s.Name); err != nil || d.State != StateRunning {
+		t.Fatalf("source after the refused migration: %+v %v; want running", d, err)
+	}
+
+	// The QEMU stream is encrypted: without the destination QEMU's key the
+	// migration fails, the guest staying on the source.
+	key := filepath.Join(dst.d.HostDir, "etc/pki/qemu/server-key.pem")
+	if err := os.Rename(key, key+".away"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := src.conn.Migrate(ctx, s.Name, dst.d.TLSURI, MigrateOptions{TLS: true, Unsafe: true}, nil); err == nil {
+		t.Fatal("TLS migration succeeded without the destination QEMU's key: the stream is not encrypted")
+	} else {
+		t.Logf("without the destination QEMU's key: %v", err)
+	}
+	if d, err := src.conn.Get(ctx, s.Name); err != nil || d.State != StateRunning {
+		t.Fatalf("source after the failed migration: %+v %v; want running", d, err)
+	}
+	if err := os.Rename(key+".away", key); err != nil {
+		t.Fatal(err)
+	}
+
+	res, err := src.conn.Migrate(ctx, s.Name, dst.d.TLSURI, MigrateOptions{TLS: true, Unsafe: true, Dest: dst.conn}, nil)
+	if err != nil {
+		t.Fatalf("Migrate over TLS: %v", err)
+	}
+	t.Logf("migrated over TLS in %s, downtime %d ms", res.Duration, res.DowntimeMs)
+	before := counts(string(mustRead(t, s.SerialLog)))
+	d, err := dst.conn.Get(ctx, s.Name)
+	if err != nil || d.State != StateRunning {
+		t.Fatalf("destination: %+v %v; want running", d, err)
+	}
+	// The same guest goes on counting on the destination.
+	waitFile(t, s.SerialLog, regexp.MustCompile(fmt.Sprintf(`count %d\b`, before[len(before)-1]+2)), 30*time.Second)
+	if err := dst.conn.Undefine(ctx, s.Name); err != nil {
+		t.Error(err)
 	}
 }

@@ -27,6 +27,10 @@ type MigrateOptions struct {
 	BandwidthMiBs uint64
 	// Unsafe allows disks libvirt cannot prove shared (local test disks).
 	Unsafe bool
+	// TLS encrypts QEMU's migration stream (VIR_MIGRATE_TLS) with the
+	// x509 files of both hosts' /etc/pki/qemu; use it with a qemu+tls://
+	// destination URI, as production does.
+	TLS bool
 	// Dest, when set, is a connection to the destination's libvirtd; the
 	// guest's downtime is read there once the migration completed.
 	Dest *Conn
@@ -67,6 +71,9 @@ func (c *Conn) Migrate(ctx context.Context, name, destURI string, o MigrateOptio
 	flags := libvirt.MigrateLive | libvirt.MigratePeer2peer | libvirt.MigratePersistDest | libvirt.MigrateUndefineSource
 	if o.Unsafe {
 		flags |= libvirt.MigrateUnsafe
+	}
+	if o.TLS {
+		flags |= libvirt.MigrateTLS
 	}
 	var params []libvirt.TypedParam
 	if o.BandwidthMiBs > 0 {

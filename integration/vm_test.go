@@ -2,6 +2,9 @@ package integration
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -60,6 +63,16 @@ func TestVMLifecycle(t *testing.T) {
 		out, _ := cli("n1", "node", "list", "-o", "json")
 		return strings.Count(strings.ReplaceAll(out, " ", ""), `"ready":true`) == 3, out
 	})
+
+	// Each node laid out its cluster certificate for libvirt and QEMU TLS
+	// (live migration in production): valid for its IP, under the CA.
+	for name, c := range nodes {
+		pkiDir := filepath.Join(libv[name].HostDir, "etc/pki")
+		eventually(t, 40*time.Second, name+" libvirt TLS files", func() (bool, string) {
+			err := checkLibvirtTLS(pkiDir, c.Host.IP.String())
+			return err == nil, fmt.Sprint(err)
+		})
+	}
 
 	base := []string{"--vcpus", "1", "--memory", "192", "--kernel", kernel, "--initrd", initrd, "--cmdline", "console=ttyS0 quiet"}
 	// Dry run shows the choice and why not elsewhere.
@@ -165,4 +178,49 @@ func TestVMLifecycle(t *testing.T) {
 	if out, _ := nodes["n3"].Host.Run(ctx, "virsh", "-c", libv["n3"].LocalURI(), "list", "--all", "--name"); strings.Contains(out, "prod-web") {
 		t.Fatalf("domain still defined after delete:\n%s", out)
 	}
+}
+
+// checkLibvirtTLS verifies the TLS files corrald lays out for libvirtd and
+// QEMU: the node certificate verifies under the CA bundle, for ip, as
+// server and client, and its key matches.
+func checkLibvirtTLS(dir, ip string) error {
+	read := func(rel string) ([]byte, error) { return os.ReadFile(filepath.Join(dir, rel)) }
+	bundle, err := read("CA/cacert.pem")
+	if err != nil {
+		return err
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(bundle) {
+		return fmt.Errorf("CA bundle does not parse")
+	}
+	for _, pair := range [][2]string{
+		{"libvirt/servercert.pem", "libvirt/private/serverkey.pem"},
+		{"libvirt/clientcert.pem", "libvirt/private/clientkey.pem"},
+		{"qemu/server-cert.pem", "qemu/server-key.pem"},
+		{"qemu/client-cert.pem", "qemu/client-key.pem"},
+	} {
+		certPEM, err := read(pair[0])
+		if err != nil {
+			return err
+		}
+		keyPEM, err := read(pair[1])
+		if err != nil {
+			return err
+		}
+		kp, err := tls.X509KeyPair(certPEM, keyPEM)
+		if err != nil {
+			return fmt.Errorf("%s: %w", pair[0], err)
+		}
+		cert, err := x509.ParseCertificate(kp.Certificate[0])
+		if err != nil {
+			return err
+		}
+		if _, err := cert.Verify(x509.VerifyOptions{Roots: roots, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}}); err != nil {
+			return fmt.Errorf("%s: %w", pair[0], err)
+		}
+		if err := cert.VerifyHostname(ip); err != nil {
+			return fmt.Errorf("%s: %w", pair[0], err)
+		}
+	}
+	return nil
 }

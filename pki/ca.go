@@ -171,6 +171,10 @@ func (ca *CA) Issue(role Role, name string, ips []net.IP, pub crypto.PublicKey, 
 			tmpl.DNSNames = append(tmpl.DNSNames, cluster)
 		}
 		tmpl.IPAddresses = ips
+		// Meaningless for ECDSA, but libvirt and QEMU (GnuTLS) refuse a
+		// certificate whose critical key usage lacks it, and node
+		// certificates also secure live migration (LibvirtTLS).
+		tmpl.KeyUsage |= x509.KeyUsageKeyEncipherment
 	case RoleAdmin:
 		if len(ips) > 0 {
 			return nil, fmt.Errorf("issue admin %s: admin certificates carry no IP addresses", name)

@@ -24,6 +24,7 @@ import (
 	"github.com/minet/corral/ha"
 	"github.com/minet/corral/hypervisor"
 	"github.com/minet/corral/netbridge"
+	"github.com/minet/corral/pki"
 	pb "github.com/minet/corral/proto/corral/v1"
 	"github.com/minet/corral/storage"
 	"github.com/minet/corral/storage/dir"
@@ -53,6 +54,7 @@ func run() error {
 		raftBase    = flag.Int("raft-port", cluster.DefaultRaftPortBase, "first Raft port; each cluster membership takes the next free one")
 		ovsdb       = flag.String("ovsdb-socket", "", "ovsdb-server unix socket for OVS networks (empty: OVS unsupported here)")
 		migrateURI  = flag.String("migration-uri", "qemu+tls://%s/system", "destination libvirt URI template for live migration (%s = node IP)")
+		libvirtPKI  = flag.String("libvirt-pki-dir", "", "lay out this node's cluster certificate for libvirtd and QEMU TLS under this directory (production: /etc/pki; libvirtd needs listen_tls); empty: certificates are managed by hand")
 		migrateUnsf = flag.Bool("migration-unsafe", false, "allow migrating disks libvirt cannot prove shared (tests only)")
 		probeKernel = flag.String("kvm-probe-kernel", "", "kernel for the KVM probe guest (empty: assume TCG unless /dev/kvm probing is possible)")
 		probeInitrd = flag.String("kvm-probe-initrd", "", "initrd for the KVM probe guest")
@@ -117,7 +119,7 @@ func run() error {
 				return string(t)
 			},
 			Storage:   openStorage(*dataDir),
-			Migration: agent.MigrationConfig{URITemplate: *migrateURI, Unsafe: *migrateUnsf},
+			Migration: agent.MigrationConfig{URITemplate: *migrateURI, Unsafe: *migrateUnsf, PKI: pkiLayout(*libvirtPKI)},
 		}, m)
 		srv.SetNode(ag)
 		go ag.Run(ctx)
@@ -180,4 +182,12 @@ func openStorage(dataDir string) agent.StorageOpener {
 		}
 		return nil, fmt.Errorf("unknown storage kind %q", p.Kind)
 	}
+}
+
+// pkiLayout is where the agent writes libvirt's TLS files, nil for none.
+func pkiLayout(dir string) *pki.LibvirtTLS {
+	if dir == "" {
+		return nil
+	}
+	return &pki.LibvirtTLS{Dir: dir, QEMUGroup: "libvirt-qemu"}
 }

@@ -87,7 +87,10 @@ func (c *Corrald) Start(ctx context.Context) error {
 		// on every node: a migrated guest keeps writing where it started.
 		"--console-dir", filepath.Join(c.Host.Lab().Dir, "consoles")}
 	if c.opts.Libvirt != nil {
-		args = append(args, "--libvirt-socket", c.opts.Libvirt.Socket)
+		args = append(args, "--libvirt-socket", c.opts.Libvirt.Socket,
+			// The node's certificate for libvirt/QEMU TLS, in the private
+			// /etc/pki of its libvirtd.
+			"--libvirt-pki-dir", filepath.Join(c.opts.Libvirt.HostDir, "etc/pki"))
 	} else {
 		args = append(args, "--no-agent")
 	}

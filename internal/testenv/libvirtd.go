@@ -20,10 +20,13 @@ import (
 const DefaultLibvirtdStartTimeout = 90 * time.Second
 
 // Libvirtd is a libvirtd running in a host's namespace on private copies of
-// /etc/libvirt, /run/libvirt, /var/lib/libvirt and /var/log/libvirt.
+// /etc/libvirt, /run/libvirt, /var/lib/libvirt, /var/log/libvirt and
+// /etc/pki.
 type Libvirtd struct {
-	Socket  string // unix socket path (reachable from any namespace)
-	URI     string // qemu+tcp://IP/system, for other hosts of the lab
+	Socket string // unix socket path (reachable from any namespace)
+	URI    string // qemu+tcp://IP/system, for other hosts of the lab
+	// TLSURI is qemu+tls://IP/system when started with TLS files.
+	TLSURI  string
 	HostDir string // root of the private directories
 
 	host *Host
@@ -44,13 +47,27 @@ func (d *Libvirtd) Process() *Process {
 // libvirtdScript binds the host directory over libvirt's paths inside a
 // private mount namespace. sh -e matters: a failed bind mount must not leave
 // libvirtd running on the machine's real directories.
-const libvirtdScript = `for d in /etc/libvirt /run/libvirt /var/lib/libvirt /var/log/libvirt; do
+const libvirtdScript = `for d in /etc/libvirt /run/libvirt /var/lib/libvirt /var/log/libvirt /etc/pki; do
   mkdir -p $d $HOSTDIR$d; mount --bind $HOSTDIR$d $d; done
 exec libvirtd --listen --pid-file /run/libvirt/libvirtd.pid`
+
+// LibvirtdOptions tune StartLibvirtdWith.
+type LibvirtdOptions struct {
+	// TLS, when set, writes the TLS files into the daemon's private
+	// /etc/pki (the directory it is given) before the start; libvirtd then
+	// also listens for qemu+tls:// on IP:16514 and QEMU finds its x509
+	// files for encrypted migration streams.
+	TLS func(pkiDir string) error
+}
 
 // StartLibvirtd starts libvirtd on the host (recipe of real-components.md)
 // and waits until it answers on its unix socket and on tcp://IP:16509.
 func (h *Host) StartLibvirtd(ctx context.Context) (*Libvirtd, error) {
+	return h.StartLibvirtdWith(ctx, LibvirtdOptions{})
+}
+
+// StartLibvirtdWith is StartLibvirtd with options.
+func (h *Host) StartLibvirtdWith(ctx context.Context, opts LibvirtdOptions) (*Libvirtd, error) {
 	for _, bin := range []string{"libvirtd", "unshare", "virsh"} {
 		if _, err := exec.LookPath(bin); err != nil {
 			return nil, fmt.Errorf("start libvirtd on %s: %s not found: run scripts/install-deps.sh", h.Name, bin)
@@ -69,8 +86,14 @@ func (h *Host) StartLibvirtd(ctx context.Context) (*Libvirtd, error) {
 	if _, err := os.Stat(hostDir); err == nil {
 		return nil, fmt.Errorf("start libvirtd on %s: %s exists: use Restart", h.Name, hostDir)
 	}
-	if err := writeLibvirtConfig(hostDir, h.IP); err != nil {
+	if err := writeLibvirtConfig(hostDir, h.IP, opts.TLS != nil); err != nil {
 		return nil, fmt.Errorf("start libvirtd on %s: %w", h.Name, err)
+	}
+	if opts.TLS != nil {
+		if err := opts.TLS(filepath.Join(hostDir, "etc/pki")); err != nil {
+			return nil, fmt.Errorf("start libvirtd on %s: TLS files: %w", h.Name, err)
+		}
+		d.TLSURI = "qemu+tls://" + h.IP.String() + "/system"
 	}
 	if err := h.lab.recordLibvirtDir(hostDir); err != nil {
 		return nil, fmt.Errorf("start libvirtd on %s: %w", h.Name, err)
@@ -81,8 +104,8 @@ func (h *Host) StartLibvirtd(ctx context.Context) (*Libvirtd, error) {
 	return d, nil
 }
 
-func writeLibvirtConfig(hostDir string, ip netip.Addr) error {
-	for _, sub := range []string{"etc", "run/libvirt", "var/lib/libvirt", "var/log/libvirt"} {
+func writeLibvirtConfig(hostDir string, ip netip.Addr, tls bool) error {
+	for _, sub := range []string{"etc/pki", "run/libvirt", "var/lib/libvirt", "var/log/libvirt"} {
 		if err := os.MkdirAll(filepath.Join(hostDir, sub), 0o755); err != nil {
 			return err
 		}
@@ -106,14 +129,18 @@ dynamic_ownership = 0
 migration_address = "%s"
 migration_host = "%s"
 `, ip, ip)
+	listenTLS := 0
+	if tls {
+		listenTLS = 1
+	}
 	daemon := fmt.Sprintf(`
 # added by corral testenv
-listen_tls = 0
+listen_tls = %d
 listen_tcp = 1
 auth_tcp = "none"
 listen_addr = "%s"
 host_uuid = "%s"
-`, ip, newUUID())
+`, listenTLS, ip, newUUID())
 	if err := appendFile(filepath.Join(hostDir, "etc/libvirt/qemu.conf"), qemu); err != nil {
 		return err
 	}
@@ -169,6 +196,13 @@ func (d *Libvirtd) start(ctx context.Context) error {
 			return false, nil
 		}
 		c.Close()
+		if d.TLSURI != "" {
+			c, err = h.DialContext(dctx, "tcp", net.JoinHostPort(h.IP.String(), "16514"))
+			if err != nil {
+				return false, nil
+			}
+			c.Close()
+		}
 		return true, nil
 	})
 	if err != nil {
