@@ -77,6 +77,20 @@ func guestSpec(t *testing.T, name, kernel, initrd string) Spec {
 	}
 }
 
+// bootGuest defines and starts the test guest name on th (kernel and
+// initrd from testenv.BuildGuest).
+func bootGuest(t *testing.T, ctx context.Context, th *testHost, name, kernel, initrd string) Spec {
+	t.Helper()
+	s := guestSpec(t, name, kernel, initrd)
+	if err := th.conn.Define(ctx, s); err != nil {
+		t.Fatal(err)
+	}
+	if err := th.conn.Start(ctx, s.Name); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
 // waitFile polls a file until re matches its content.
 func waitFile(t *testing.T, path string, re *regexp.Regexp, timeout time.Duration) string {
 	t.Helper()
@@ -557,13 +571,7 @@ func TestIntegrationMigrate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := guestSpec(t, "mig", kernel, initrd)
-	if err := src.conn.Define(ctx, s); err != nil {
-		t.Fatal(err)
-	}
-	if err := src.conn.Start(ctx, s.Name); err != nil {
-		t.Fatal(err)
-	}
+	s := bootGuest(t, ctx, src, "mig", kernel, initrd)
 	waitFile(t, s.SerialLog, regexp.MustCompile(`count 2\b`), 60*time.Second)
 	dstEvents, err := dst.conn.Events(ctx)
 	if err != nil {
@@ -652,13 +660,7 @@ func TestIntegrationReconnect(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := guestSpec(t, "survivor", kernel, initrd)
-	if err := th.conn.Define(ctx, s); err != nil {
-		t.Fatal(err)
-	}
-	if err := th.conn.Start(ctx, s.Name); err != nil {
-		t.Fatal(err)
-	}
+	s := bootGuest(t, ctx, th, "survivor", kernel, initrd)
 	events, err := th.conn.Events(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -794,13 +796,7 @@ func TestIntegrationMigrateTLS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := guestSpec(t, "tlsmig", kernel, initrd)
-	if err := src.conn.Define(ctx, s); err != nil {
-		t.Fatal(err)
-	}
-	if err := src.conn.Start(ctx, s.Name); err != nil {
-		t.Fatal(err)
-	}
+	s := bootGuest(t, ctx, src, "tlsmig", kernel, initrd)
 	waitFile(t, s.SerialLog, regexp.MustCompile(`count 2\b`), 60*time.Second)
 
 	// Another cluster's node: the TLS handshake fails, nothing moves.

@@ -69,21 +69,9 @@ func TestNetworksIsolateVLANs(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("two nodes with OVS, libvirtd and corrald in a cluster: %s", time.Since(start).Round(time.Millisecond))
-	cli := func(node string, args ...string) (string, error) {
-		return nodes[node].CLI(ctx, append([]string{"--cluster", "prod"}, args...)...)
-	}
-	must := func(node string, args ...string) string {
-		t.Helper()
-		out, err := cli(node, args...)
-		if err != nil {
-			t.Fatalf("corral %s on %s: %v\n%s", strings.Join(args, " "), node, err, out)
-		}
-		return out
-	}
-	eventually(t, 120*time.Second, "both nodes ready", func() (bool, string) {
-		out, _ := cli("n1", "node", "list", "-o", "json")
-		return strings.Count(strings.ReplaceAll(out, " ", ""), `"ready":true`) == 2, out
-	})
+	c := clusterCLI{t: t, ctx: ctx, cluster: "prod", nodes: nodes}
+	cli, must := c.cli, c.must
+	c.waitReady("n1", 2, 120*time.Second)
 	nets := func() (map[string]*pb.Network, string) {
 		out, err := cli("n1", "net", "list", "-o", "json")
 		if err != nil {

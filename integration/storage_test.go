@@ -55,49 +55,20 @@ func TestStorage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	nodes := map[string]*testenv.Corrald{}
-	for _, name := range []string{"n1", "n2"} {
-		h, err := lab.AddHost(name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		d, err := h.StartLibvirtd(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if nodes[name], err = h.StartCorrald(ctx, bins, testenv.CorraldOptions{Libvirt: d}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	nodes, _ := startVMNodes(t, ctx, lab, bins, "n1", "n2")
 	if err := testenv.FormCluster(ctx, "prod", []*testenv.Corrald{nodes["n1"], nodes["n2"]}, nil); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("lab, ceph and cluster ready after %s", time.Since(began).Round(time.Millisecond))
 
-	cli := func(node string, args ...string) (string, error) {
-		return nodes[node].CLI(ctx, append([]string{"--cluster", "prod"}, args...)...)
-	}
-	must := func(node string, args ...string) string {
-		t.Helper()
-		out, err := cli(node, args...)
-		if err != nil {
-			t.Fatalf("corral %s: %v\n%s", strings.Join(args, " "), err, out)
-		}
-		return out
-	}
+	c := clusterCLI{t: t, ctx: ctx, cluster: "prod", nodes: nodes}
+	cli, must := c.cli, c.must
 	// refused runs a command that must fail with a message naming the cause.
 	refused := func(want string, args ...string) string {
 		t.Helper()
-		out, err := cli("n1", args...)
-		if err == nil || !strings.Contains(out, want) {
-			t.Fatalf("corral %s: want an error containing %q, got err=%v\n%s", strings.Join(args, " "), want, err, out)
-		}
-		return out
+		return c.refused("n1", want, args...)
 	}
-	eventually(t, 90*time.Second, "both nodes ready", func() (bool, string) {
-		out, _ := cli("n1", "node", "list", "-o", "json")
-		return strings.Count(strings.ReplaceAll(out, " ", ""), `"ready":true`) == 2, out
-	})
+	c.waitReady("n1", 2, 90*time.Second)
 
 	// guest creates a VM booting the test guest in a mode, with extra flags.
 	guest := func(name, mode string, extra ...string) {

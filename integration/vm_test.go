@@ -27,42 +27,13 @@ func TestVMLifecycle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	nodes := map[string]*testenv.Corrald{}
-	libv := map[string]*testenv.Libvirtd{}
-	for _, name := range []string{"n1", "n2", "n3"} {
-		h, err := lab.AddHost(name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		d, err := h.StartLibvirtd(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		libv[name] = d
-		c, err := h.StartCorrald(ctx, bins, testenv.CorraldOptions{Libvirt: d})
-		if err != nil {
-			t.Fatal(err)
-		}
-		nodes[name] = c
-	}
+	nodes, libv := startVMNodes(t, ctx, lab, bins, "n1", "n2", "n3")
 	if err := testenv.FormCluster(ctx, "prod", []*testenv.Corrald{nodes["n1"], nodes["n2"], nodes["n3"]}, nil); err != nil {
 		t.Fatal(err)
 	}
-	cli := func(node string, args ...string) (string, error) {
-		return nodes[node].CLI(ctx, append([]string{"--cluster", "prod"}, args...)...)
-	}
-	must := func(node string, args ...string) string {
-		t.Helper()
-		out, err := cli(node, args...)
-		if err != nil {
-			t.Fatalf("corral %v: %v\n%s", args, err, out)
-		}
-		return out
-	}
-	eventually(t, 60*time.Second, "all nodes ready", func() (bool, string) {
-		out, _ := cli("n1", "node", "list", "-o", "json")
-		return strings.Count(strings.ReplaceAll(out, " ", ""), `"ready":true`) == 3, out
-	})
+	c := clusterCLI{t: t, ctx: ctx, cluster: "prod", nodes: nodes}
+	cli, must := c.cli, c.must
+	c.waitReady("n1", 3, 60*time.Second)
 
 	// Each node laid out its cluster certificate for libvirt and QEMU TLS
 	// (live migration in production): valid for its IP, under the CA.
