@@ -15,10 +15,10 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 
 	"github.com/minet/corral/pki"
+	"github.com/minet/corral/pki/pkitest"
 	pb "github.com/minet/corral/proto/corral/v1"
 )
 
@@ -508,19 +508,8 @@ func (u *unavailableVM) GetVM(context.Context, *pb.GetVMRequest) (*pb.GetVMRespo
 
 func tlsServerWith(t *testing.T, ca *pki.CA, register func(*grpc.Server)) string {
 	t.Helper()
-	node, err := ca.NewCreds(pki.RoleNode, "node1", []net.IP{net.IPv4(127, 0, 0, 1)}, time.Now(), time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	st := pki.NewServerTLS()
-	if err := st.Set(node); err != nil {
-		t.Fatal(err)
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := grpc.NewServer(grpc.Creds(credentials.NewTLS(st.Config())))
+	l, creds := pkitest.NodeListener(t, ca, "node1")
+	s := grpc.NewServer(grpc.Creds(creds))
 	register(s)
 	go s.Serve(l)
 	t.Cleanup(s.Stop)

@@ -14,10 +14,10 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 
 	"github.com/minet/corral/pki"
+	"github.com/minet/corral/pki/pkitest"
 	pb "github.com/minet/corral/proto/corral/v1"
 )
 
@@ -234,19 +234,8 @@ func (f *fakeServer) serve(t *testing.T) string {
 // serveTLS starts f on 127.0.0.1 with mutual TLS as a node of ca's cluster.
 func (f *fakeServer) serveTLS(t *testing.T, ca *pki.CA) string {
 	t.Helper()
-	node, err := ca.NewCreds(pki.RoleNode, "atlantis", []net.IP{net.IPv4(127, 0, 0, 1)}, time.Now(), time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	st := pki.NewServerTLS()
-	if err := st.Set(node); err != nil {
-		t.Fatal(err)
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.start(t, l, grpc.NewServer(grpc.Creds(credentials.NewTLS(st.Config()))))
+	l, creds := pkitest.NodeListener(t, ca, "atlantis")
+	f.start(t, l, grpc.NewServer(grpc.Creds(creds)))
 	return l.Addr().String()
 }
 
