@@ -29,6 +29,9 @@ const (
 	DefaultInventoryEvery  = 30 * time.Second
 	DefaultShutdownTimeout = 30 * time.Second
 	DefaultCallTimeout     = 30 * time.Second
+	// DefaultUsageEvery is how often a running VM's usage is refreshed
+	// in the cluster state when nothing else about it changes.
+	DefaultUsageEvery = 30 * time.Second
 )
 
 // Hypervisor is what the agent needs from a libvirt connection.
@@ -101,6 +104,7 @@ type vmMemo struct {
 	stopping    bool
 	lastReport  string
 	lastFailure string
+	usageAt     time.Time // last report carrying the guest's usage
 }
 
 // New returns an agent; Run starts it.

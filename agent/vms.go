@@ -337,12 +337,19 @@ func (a *Agent) report(ctx context.Context, g *cluster.Group, v *pb.VM, st pb.VM
 	status := &pb.VMStatus{State: st, Reason: reason, Node: a.cfg.Node, ObservedGeneration: v.Generation}
 	key := status.String()
 	cur := v.Status
-	if !force && memo.lastReport == key && cur.GetState() == st && cur.GetObservedGeneration() == v.Generation {
+	// A running guest's usage (vCPU time, memory) is refreshed every
+	// DefaultUsageEvery even when its state did not change.
+	usageDue := (st == pb.VMState_VM_STATE_RUNNING || st == pb.VMState_VM_STATE_PAUSED) &&
+		time.Since(memo.usageAt) >= DefaultUsageEvery && d.CPUTimeNs > 0
+	if !force && !usageDue && memo.lastReport == key && cur.GetState() == st && cur.GetObservedGeneration() == v.Generation {
 		return
 	}
-	if !force && cur.GetState() == st && cur.GetReason() == reason && cur.GetObservedGeneration() == v.Generation && cur.GetNode() == a.cfg.Node {
+	if !force && !usageDue && cur.GetState() == st && cur.GetReason() == reason && cur.GetObservedGeneration() == v.Generation && cur.GetNode() == a.cfg.Node {
 		memo.lastReport = key
 		return
+	}
+	if usageDue && reason == "" && cur.GetState() == st && cur.GetObservedGeneration() == v.Generation {
+		status.Reason = cur.GetReason() // a usage refresh keeps the reason shown
 	}
 	status.CpuTimeNs, status.MemoryKib = d.CPUTimeNs, d.MemoryKiB
 	stoppedByGuest := force && st == pb.VMState_VM_STATE_STOPPED
@@ -356,6 +363,9 @@ func (a *Agent) report(ctx context.Context, g *cluster.Group, v *pb.VM, st pb.VM
 		return
 	}
 	memo.lastReport = key
+	if d.CPUTimeNs > 0 {
+		memo.usageAt = time.Now()
+	}
 }
 
 // newConsole starts a new console history at a cold boot; otherwise a VM

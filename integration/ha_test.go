@@ -707,7 +707,7 @@ func TestHA(t *testing.T) {
 			t.Fatal(err)
 		}
 		start := time.Now()
-		l.must("node", "drain", "n2", "--wait")
+		l.must("node", "drain", "n2")
 		t.Logf("drain of n2 took %s", time.Since(start).Round(time.Millisecond))
 		if v, err := l.vm("mig1"); err != nil || v.GetNode() != "n1" || v.GetStatus().GetState() != pb.VMState_VM_STATE_RUNNING {
 			t.Fatalf("after the drain of n2, mig1: %v %v", v, err)
@@ -725,7 +725,7 @@ func TestHA(t *testing.T) {
 		}
 		// n1 is the last voter with room for mig1: n2 is in maintenance
 		// and n3 runs ha1, which mig1 refuses to share a node with.
-		out, err := l.cli("node", "drain", "n1", "--wait")
+		out, err := l.cli("node", "drain", "n1")
 		if err == nil || !strings.Contains(out, "nothing was moved") {
 			t.Fatalf("drain of n1 should be refused: %v\n%s", err, out)
 		}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -82,6 +83,13 @@ func TestVMLifecycle(t *testing.T) {
 		t.Fatalf("console: %v\n%s", err, out)
 	}
 	t.Logf("vm create to GUEST-READY through the console: %s", time.Since(start).Round(time.Millisecond))
+
+	// The guest's usage reaches the cluster state, not only its state.
+	usage := regexp.MustCompile(`"cpu_time_ns":\s*"[1-9][0-9]*"`)
+	eventually(t, 30*time.Second, "vCPU time of web reported", func() (bool, string) {
+		out, _ := cli("n1", "vm", "show", "web", "-o", "json")
+		return usage.MatchString(out), out
+	})
 
 	qemuPID := func() string {
 		b, _ := os.ReadFile(filepath.Join(libv["n3"].HostDir, "run/libvirt/qemu/prod-web.pid"))

@@ -31,7 +31,8 @@ The demo cluster is running. Use the CLI as root on a node:
   $STATE/corral-dev vm list           # cluster dev, on challenger
   $STATE/corral-prod cluster status
   $STATE/corral-prod vm console web   # detach with Ctrl-]
-  $STATE/corral-houston cluster list  # the witness is in both clusters
+  $STATE/corral-houston cluster list  # the witness is in both clusters:
+  $STATE/corral-houston --cluster dev cluster status   # name the one you mean
 Stop everything with: make demo-stop
 MSG
 	;;
@@ -43,6 +44,7 @@ stop)
 	else
 		echo "no demo running"
 	fi
-	rm -f "$STATE/pid" "$STATE/ready"
+	# The CLI wrappers point into the lab that is gone now.
+	rm -f "$STATE/pid" "$STATE/ready" "$STATE"/corral-*
 	;;
 esac

@@ -10,6 +10,14 @@ qemu-utils busybox-static linux-image-cloud-amd64 cpio iproute2 iputils-ping
 ethtool openvswitch-switch ceph-mon ceph-osd ceph-common librbd-dev
 librados-dev gcc libc6-dev pkg-config uuid-runtime mtools dosfstools"
 
+# Go is not a Debian 12 package at the version go.mod needs (Debian ships
+# 1.19): it must be on the machine (these machines have it in /usr/local/go);
+# an older Go >= 1.21 fetches the right toolchain itself (GOTOOLCHAIN).
+if ! command -v go >/dev/null 2>&1; then
+	echo "install-deps: Go 1.26 or later is needed (https://go.dev/dl/), with go on PATH" >&2
+	exit 1
+fi
+
 # shellcheck disable=SC2086 # word splitting of the list is intended
 installed=$(dpkg-query -W -f='${db:Status-Abbrev} ${Package}\n' $PKGS 2>/dev/null |
 	awk '$1 == "ii" { print $2 }')

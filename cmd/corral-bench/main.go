@@ -140,6 +140,7 @@ func run(ctx context.Context, want map[string]bool, runs int, log *slog.Logger, 
 	os.Setenv("CORRAL_CONFIG", filepath.Join(cfgDir, "config.yaml"))
 
 	bins, err := testenv.Build()
+	defer testenv.RemoveBuild()
 	if err != nil {
 		fmt.Fprintf(out, "corral-bench: build: %v\n", err)
 		return 1

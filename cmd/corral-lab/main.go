@@ -34,6 +34,7 @@ func run(stateDir string) error {
 	}
 	abs, _ := filepath.Abs(stateDir)
 	bins, err := testenv.Build()
+	defer testenv.RemoveBuild() // after the lab's Close (defers run last-in first-out)
 	if err != nil {
 		return err
 	}

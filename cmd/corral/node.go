@@ -71,11 +71,11 @@ func (a *app) nodeCmd() *cobra.Command {
 			})
 		},
 	}
-	var allowRestart, wait bool
+	var allowRestart, noWait bool
 	drain := &cobra.Command{
 		Use:               "drain NAME",
 		Short:             "Put a node in maintenance and move its VMs away",
-		Long:              "Live-migrates every VM of the node elsewhere; with --allow-restart, VMs that cannot migrate are stopped and started elsewhere.",
+		Long:              "Live-migrates every VM of the node elsewhere, showing progress until the node is empty; with --allow-restart, VMs that cannot migrate are stopped and started elsewhere.",
 		Args:              argNames("NAME"),
 		ValidArgsFunction: complete,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -84,12 +84,12 @@ func (a *app) nodeCmd() *cobra.Command {
 				if err != nil {
 					return err
 				}
-				return a.finishTask(ctx, c, cluster, resp.GetTask(), !wait)
+				return a.finishTask(ctx, c, cluster, resp.GetTask(), noWait)
 			})
 		},
 	}
 	drain.Flags().BoolVar(&allowRestart, "allow-restart", false, "stop and restart elsewhere the VMs that cannot live-migrate")
-	drain.Flags().BoolVar(&wait, "wait", false, "wait until the node is empty")
+	drain.Flags().BoolVar(&noWait, "no-wait", false, "return once the drain started (follow it with corral task watch)")
 	resume := &cobra.Command{
 		Use:               "resume NAME",
 		Short:             "Take a node out of maintenance",

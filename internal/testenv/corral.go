@@ -7,7 +7,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
+	"strconv"
 	"sync"
 	"time"
 )
@@ -31,12 +33,17 @@ func moduleRoot() string {
 }
 
 // Build compiles corrald and corral once per process (the Go build cache
-// makes later builds cheap) with the project's build tags.
+// makes later builds cheap) with the project's build tags, into
+// LabsRoot/bin-PID-START: the next lab's sweep removes it once this process
+// is gone (RemoveBuild does it at once).
 func Build() (Binaries, error) {
 	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "corral-bin-")
+		dir, err := buildDir()
+		if err == nil {
+			err = os.MkdirAll(dir, 0o755)
+		}
 		if err != nil {
-			buildErr = err
+			buildErr = fmt.Errorf("build corral: %w", err)
 			return
 		}
 		buildBins = Binaries{Corrald: filepath.Join(dir, "corrald"), Corral: filepath.Join(dir, "corral")}
@@ -50,6 +57,42 @@ func Build() (Binaries, error) {
 		}
 	})
 	return buildBins, buildErr
+}
+
+// RemoveBuild deletes the binaries Build made for this process; call it
+// when no lab uses them any more.
+func RemoveBuild() error {
+	dir, err := buildDir()
+	if err != nil {
+		return err
+	}
+	return os.RemoveAll(dir)
+}
+
+var buildDirName = regexp.MustCompile(`^bin-(\d+)-(\d+)$`)
+
+func buildDir() (string, error) {
+	self, err := readProcID(os.Getpid())
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(LabsRoot, fmt.Sprintf("bin-%d-%d", self.PID, self.Start)), nil
+}
+
+// sweepBuilds removes the binaries of processes that are gone.
+func sweepBuilds() {
+	entries, _ := os.ReadDir(LabsRoot)
+	for _, e := range entries {
+		m := buildDirName.FindStringSubmatch(e.Name())
+		if m == nil {
+			continue
+		}
+		pid, _ := strconv.Atoi(m[1])
+		start, _ := strconv.ParseUint(m[2], 10, 64)
+		if !alive(procID{PID: pid, Start: start}) {
+			os.RemoveAll(filepath.Join(LabsRoot, e.Name()))
+		}
+	}
 }
 
 // CorraldOptions configures a corrald on a lab host.

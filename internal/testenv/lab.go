@@ -479,6 +479,7 @@ var slotName = regexp.MustCompile(`^` + labPrefix + `(\d+)$`)
 // with the lab prefix that no slot accounts for. The caller holds the root
 // lock, so no live lab is half-registered.
 func sweepStale() {
+	sweepBuilds()
 	slots, _ := os.ReadDir(filepath.Join(LabsRoot, "slots"))
 	live := map[string]bool{}
 	for _, s := range slots {
