@@ -138,7 +138,7 @@ func (s *Server) DrainNode(ctx context.Context, req *pb.DrainNodeRequest) (*pb.D
 			}
 			sv := raftstore.SchedulerVM(v)
 			sv.Node = ""
-			dec, err := scheduler.Place(snap, scheduler.Request{VM: sv, Node: to, Exclude: []string{req.Name}})
+			dec, err := scheduler.Place(snap, scheduler.Request{VM: sv, Node: to, Exclude: []string{req.Name}, Brief: true})
 			if err != nil {
 				problems = append(problems, placeErr(err).Error())
 				continue

@@ -110,7 +110,10 @@ func (s *Server) CreateVM(ctx context.Context, req *pb.CreateVMRequest) (*pb.Cre
 		if node == "" {
 			node = local
 		}
-		dec, perr = scheduler.Place(snap, scheduler.Request{VM: raftstore.SchedulerVM(vm), Node: node})
+		// Every node's verdict only for a dry run (and, from Place, for
+		// a refusal): a real create needs the choice and the nodes passed
+		// over, not a row per cluster node.
+		dec, perr = scheduler.Place(snap, scheduler.Request{VM: raftstore.SchedulerVM(vm), Node: node, Brief: !req.DryRun})
 	})
 	if exists {
 		return nil, errdefs.Exists("vm %q already exists: pick another name or delete it first", req.Name)

@@ -50,8 +50,9 @@ func benchCluster() ([]Node, []Request) {
 // BenchmarkPlace10kOn500 places 10,000 VMs one after another on one
 // 500-node snapshot, committing each, as a large drain or a cold start of
 // the whole cluster would. One op is the whole run of 10,000 decisions.
-// "full" returns every node's verdict with each decision; "brief" sets
-// Request.Brief, as batch placement does.
+// "brief" sets Request.Brief, as every real placement does (vm create,
+// drain, failover); "full" returns every node's verdict with each decision,
+// as only a dry run (and a refusal) computes.
 func BenchmarkPlace10kOn500(b *testing.B) {
 	for _, brief := range []bool{false, true} {
 		name := "full"
