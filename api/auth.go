@@ -66,14 +66,20 @@ func authorize(ctx context.Context, local bool, full string, req any) (caller, e
 	if r, ok := req.(clusterNamed); ok {
 		cluster = r.GetCluster()
 	}
+	// other is a verified identity of another cluster than the request's:
+	// never the caller's identity, only named in the refusal.
+	var other pki.Identity
 	if !local {
 		if p, ok := peer.FromContext(ctx); ok {
 			if ti, ok := p.AuthInfo.(credentials.TLSInfo); ok {
 				c.tls = true
 				if len(ti.State.VerifiedChains) > 0 {
-					if id, err := pki.PeerIdentity(ti.State); err == nil && (cluster == "" || id.Cluster == cluster) &&
-						ti.State.ServerName == id.Cluster {
-						c.id = id
+					if id, err := pki.PeerIdentity(ti.State); err == nil && ti.State.ServerName == id.Cluster {
+						if cluster == "" || id.Cluster == cluster {
+							c.id = id
+						} else {
+							other = id
+						}
 					}
 				}
 			}
@@ -100,6 +106,9 @@ func authorize(ctx context.Context, local bool, full string, req any) (caller, e
 	default:
 		if local {
 			break
+		}
+		if c.id.Name == "" && other.Name != "" {
+			return c, errdefs.Denied("your certificate is for cluster %q, not %q: use credentials of cluster %q (see `corral admin issue-cert`)", other.Cluster, cluster, cluster)
 		}
 		if c.id.Name == "" {
 			return c, errdefs.Unauthenticated("a client certificate of cluster %q is required (wrong cluster, expired, or not signed by its CA): see `corral admin issue-cert`", cluster)

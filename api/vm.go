@@ -203,7 +203,7 @@ func (s *Server) dropClone(ctx context.Context, g *cluster.Group, vm string, d *
 // localPoolNode returns the node holding a VM's node-local (dir) volume,
 // where the VM must run, or "" if all its disks are shared.
 func localPoolNode(st *raftstore.State, spec *pb.VMSpec) string {
-	for _, d := range spec.Disks {
+	for _, d := range spec.GetDisks() { // nil-safe: UpdateVM may carry no spec
 		if vol, ok := st.Volumes[raftstore.VolumeKey(d.Pool, d.Volume)]; ok && vol.Node != "" {
 			return vol.Node
 		}
