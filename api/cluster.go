@@ -204,9 +204,9 @@ func (s *Server) ReadIndex(ctx context.Context, req *pb.ReadIndexRequest) (*pb.R
 	if err != nil {
 		return nil, err
 	}
-	if err := g.Store.Barrier(ctx); err != nil {
+	idx, err := g.Store.ReadIndex(ctx)
+	if err != nil {
 		return nil, err
 	}
-	idx, _ := g.Store.Watch()
 	return &pb.ReadIndexResponse{Index: idx}, nil
 }

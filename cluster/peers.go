@@ -93,7 +93,8 @@ func (m *Manager) forwarder(cluster string) raftstore.Forwarder {
 // for an index that covers every committed write and waits to apply it.
 func (m *Manager) ReadIndex(ctx context.Context, g *Group) error {
 	if g.Store.IsLeader() {
-		return g.Store.Barrier(ctx)
+		_, err := g.Store.ReadIndex(ctx)
+		return err
 	}
 	conn, err := m.LeaderConn(ctx, g.Name)
 	if err != nil {

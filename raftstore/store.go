@@ -18,6 +18,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -35,8 +36,18 @@ const (
 	DefaultElectionTimeout    = 1000 * time.Millisecond
 	DefaultLeaderLeaseTimeout = 500 * time.Millisecond
 	DefaultApplyTimeout       = 10 * time.Second
-	DefaultSnapshotThreshold  = 8192
-	DefaultTrailingLogs       = 10240
+	// DefaultCommitTimeout bounds how long a follower may go without
+	// learning the leader's commit index when writes stop: raft sends
+	// it only with replication (heartbeats do not carry it), and at
+	// raft's default of 50 ms (staggered up to 100 ms) a write proposed
+	// on a follower waited 50-100 ms for that follower to apply it.
+	DefaultCommitTimeout     = 5 * time.Millisecond
+	DefaultSnapshotThreshold = 8192
+	DefaultTrailingLogs      = 10240
+
+	// raftLogCacheSize is how many recent log entries stay in memory
+	// for replication and apply: two full raft batches.
+	raftLogCacheSize = 1024
 )
 
 // Forwarder sends a command to the leader and returns its log index.
@@ -62,6 +73,7 @@ type Config struct {
 	OnFatal   func(error)
 
 	HeartbeatTimeout, ElectionTimeout, LeaderLeaseTimeout time.Duration
+	CommitTimeout                                         time.Duration // 0: DefaultCommitTimeout
 	SnapshotThreshold                                     uint64
 
 	// Observe, when set, receives the commit latency of each entry this
@@ -78,12 +90,16 @@ type Observer interface {
 
 // Store is one Raft group and its state.
 type Store struct {
-	cfg   Config
-	log   *slog.Logger
-	raft  *raft.Raft
-	fsm   *FSM
-	trans raft.Transport
-	close []func() error
+	cfg  Config
+	log  *slog.Logger
+	raft *raft.Raft
+	fsm  *FSM
+	gate *applyGate
+	// readTerm is the term in which ReadIndex last went through a
+	// barrier.
+	readTerm atomic.Uint64
+	trans    raft.Transport
+	close    []func() error
 
 	obsMu     sync.Mutex
 	observers []chan bool
@@ -116,6 +132,7 @@ func Open(cfg Config) (*Store, error) {
 		rc.SnapshotThreshold = cfg.SnapshotThreshold
 	}
 	rc.TrailingLogs = DefaultTrailingLogs
+	rc.CommitTimeout = orDur(cfg.CommitTimeout, DefaultCommitTimeout)
 	rc.MaxAppendEntries = 512
 	rc.BatchApplyCh = true
 	rc.PreVoteDisabled = false
@@ -141,7 +158,16 @@ func Open(cfg Config) (*Store, error) {
 			return nil, fmt.Errorf("open raft log %s: %w", cfg.Dir, err)
 		}
 		s.close = append(s.close, bolt.Close)
-		logs, stable = bolt, bolt
+		// Raft reads back every entry it just wrote: the leader to send
+		// it to each follower, every member to apply it. The cache
+		// serves these reads from memory instead of a bolt read and a
+		// msgpack decode each.
+		cached, err := raft.NewLogCache(raftLogCacheSize, bolt)
+		if err != nil {
+			s.closeAll()
+			return nil, fmt.Errorf("raft log cache: %w", err)
+		}
+		logs, stable = cached, bolt
 		fs, err := raft.NewFileSnapshotStore(cfg.Dir, 2, io.Discard)
 		if err != nil {
 			s.closeAll()
@@ -174,6 +200,7 @@ func Open(cfg Config) (*Store, error) {
 		return nil, fmt.Errorf("start raft: %w", err)
 	}
 	s.raft = r
+	s.gate = newApplyGate(r)
 	if cfg.Bootstrap && !existing {
 		f := r.BootstrapCluster(raft.Configuration{Servers: []raft.Server{{
 			ID: rc.LocalID, Address: trans.LocalAddr(), Suffrage: raft.Voter,
@@ -205,6 +232,9 @@ func (s *Store) Close() error {
 	var err error
 	if s.raft != nil {
 		err = s.raft.Shutdown().Error()
+	}
+	if s.gate != nil {
+		s.gate.close()
 	}
 	s.closeAll()
 	return err
@@ -261,39 +291,48 @@ func (s *Store) Propose(ctx context.Context, cmd *pb.Command) (any, error) {
 }
 
 // ApplyLocal applies cmd through this node, which must be the leader.
+// Concurrent calls are handed to raft in waves (see applyGate) so that
+// they share log batches and fsyncs.
 func (s *Store) ApplyLocal(ctx context.Context, cmd *pb.Command) (any, uint64, error) {
 	b, err := proto.Marshal(cmd)
 	if err != nil {
 		return nil, 0, fmt.Errorf("encode command: %w", err)
 	}
-	timeout := DefaultApplyTimeout
-	if dl, ok := ctx.Deadline(); ok {
-		timeout = time.Until(dl)
-	}
 	start := time.Now()
-	f := s.raft.Apply(b, timeout)
-	done := make(chan error, 1)
-	go func() { done <- f.Error() }()
+	p := &proposal{data: b, result: make(chan applyOutcome, 1)}
+	if dl, ok := ctx.Deadline(); ok {
+		p.deadline = dl
+	}
+	if !s.gate.submit(p) {
+		return nil, 0, errdefs.Unavailable("cluster %s: %v: retry in a few seconds", s.cfg.Cluster, raft.ErrRaftShutdown)
+	}
+	var out applyOutcome
 	select {
-	case err = <-done:
+	case out = <-p.result:
 	case <-ctx.Done():
+		if s.gate.cancel(p) {
+			return nil, 0, errdefs.Wrap(errdefs.KindUnavailable, ctx.Err(), "cluster %s: the write was not proposed in time (no quorum?): it was not applied", s.cfg.Cluster)
+		}
 		// The entry may still commit: say so rather than invite a retry
 		// that could apply it twice.
 		return nil, 0, errdefs.Wrap(errdefs.KindUnavailable, ctx.Err(), "cluster %s did not confirm the write in time (no quorum?); its outcome is unknown: check the state before retrying", s.cfg.Cluster)
 	}
-	if err != nil {
+	if err := out.err; err != nil {
 		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) ||
 			errors.Is(err, raft.ErrEnqueueTimeout) || errors.Is(err, raft.ErrRaftShutdown) ||
 			errors.Is(err, raft.ErrLeadershipTransferInProgress) {
 			return nil, 0, errdefs.Unavailable("cluster %s: %v: retry in a few seconds", s.cfg.Cluster, err)
+		}
+		if out.f == nil {
+			return nil, 0, err
 		}
 		return nil, 0, fmt.Errorf("apply: %w", err)
 	}
 	if s.cfg.Observe != nil {
 		s.cfg.Observe.ObserveCommit(s.cfg.Cluster, time.Since(start))
 	}
-	res, _ := f.Response().(ApplyResult)
-	return res.Value, f.Index(), res.Err
+	res, _ := out.f.Response().(ApplyResult)
+	return res.Value, out.f.Index(), res.Err
 }
 
 // WaitApplied blocks until the local FSM applied index (or ctx ends).
@@ -332,6 +371,41 @@ func (s *Store) Barrier(ctx context.Context) error {
 		return errdefs.Unavailable("barrier: %v", err)
 	}
 	return nil
+}
+
+// ReadIndex returns, on the leader, an applied index that covers every
+// write committed before the call: a replica that has applied it serves
+// linearizable reads (Raft's read index, thesis §6.4). Unlike Barrier it
+// writes nothing to the log: the leader confirms with one heartbeat round
+// that it still leads, after a single barrier per term (a new leader
+// knows the commit index only once an entry of its term committed).
+func (s *Store) ReadIndex(ctx context.Context) (uint64, error) {
+	if !s.IsLeader() {
+		return 0, errdefs.Unavailable("not the leader")
+	}
+	term := s.raft.CurrentTerm()
+	if s.readTerm.Load() != term {
+		if err := s.Barrier(ctx); err != nil {
+			return 0, err
+		}
+		s.readTerm.Store(term)
+	}
+	commit := s.raft.CommitIndex()
+	if err := s.raft.VerifyLeader().Error(); err != nil {
+		return 0, errdefs.Unavailable("leadership not confirmed: %v", err)
+	}
+	// Entries up to commit may still be on their way to the FSM; raft's
+	// applied index also counts those that never reach it (barriers,
+	// configuration), so wait on it, not on the FSM's own.
+	for s.raft.AppliedIndex() < commit {
+		select {
+		case <-ctx.Done():
+			return 0, errdefs.Unavailable("waiting for entry %d to apply on the leader: %v", commit, ctx.Err())
+		case <-time.After(time.Millisecond):
+		}
+	}
+	idx, _ := s.fsm.Applied()
+	return idx, nil
 }
 
 // AddVoter adds a member (leader only). Witnesses are voters too: they

@@ -826,3 +826,80 @@ func TestStoreObserver(t *testing.T) {
 		t.Errorf("%d apply observations for 3 entries, want 1-3 (one per batch)", n)
 	}
 }
+
+func TestStoreReadIndex(t *testing.T) {
+	t.Parallel()
+	c := newTestCluster(t, 3, steady)
+	ctx := ctxT(t, 30*time.Second)
+
+	if _, err := c.follower().ReadIndex(ctx); errdefs.KindOf(err) != errdefs.KindUnavailable {
+		t.Errorf("ReadIndex on a follower: err = %v, want unavailable", err)
+	}
+	var l *Store
+	var idx uint64
+	if err := c.onLeader(func(s *Store) error {
+		l = s
+		_, i, err := s.ApplyLocal(ctx, taskCmd("r1"))
+		idx = i
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	ri, err := l.ReadIndex(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ri < idx {
+		t.Fatalf("ReadIndex = %d after a write at %d: a follower waiting for it could miss the write", ri, idx)
+	}
+	// A follower that applied the read index sees the write.
+	f := c.follower()
+	if err := f.WaitApplied(ctx, ri); err != nil {
+		t.Fatal(err)
+	}
+	if !hasTask(f, "r1") {
+		t.Errorf("%s applied the read index %d but misses the write at %d", f.NodeID(), ri, idx)
+	}
+	// Within a term, a read index writes nothing to the log (only the
+	// first one of the term may go through a barrier).
+	// A leadership change under load starts a new term (and its one
+	// barrier): measure again then.
+	for attempt := 0; ; attempt++ {
+		l = c.leader(10 * time.Second)
+		if _, err := l.ReadIndex(ctx); err != nil {
+			if attempt < 5 && errdefs.KindOf(err) == errdefs.KindUnavailable {
+				continue
+			}
+			t.Fatal(err)
+		}
+		term, last := l.Raft().CurrentTerm(), l.Raft().LastIndex()
+		var err error
+		for range 20 {
+			if _, err = l.ReadIndex(ctx); err != nil {
+				break
+			}
+		}
+		if l.Raft().CurrentTerm() != term || err != nil {
+			if attempt < 5 {
+				continue
+			}
+			t.Fatalf("leadership kept changing: %v", err)
+		}
+		if got := l.Raft().LastIndex(); got != last {
+			t.Errorf("20 read indexes in term %d grew the log from %d to %d entries", term, last, got)
+		}
+		break
+	}
+	// A leader cut off from its followers cannot confirm it leads.
+	c2 := newTestCluster(t, 2, fast)
+	lone := c2.live("node1")
+	if _, err := lone.ReadIndex(ctx); err != nil && errdefs.KindOf(err) != errdefs.KindUnavailable {
+		t.Fatalf("ReadIndex with quorum: %v", err)
+	}
+	c2.kill("node2")
+	cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if _, err := lone.ReadIndex(cctx); errdefs.KindOf(err) != errdefs.KindUnavailable {
+		t.Errorf("ReadIndex without quorum: err = %v, want unavailable", err)
+	}
+}

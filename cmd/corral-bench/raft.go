@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -84,10 +85,18 @@ func benchRaft(ctx context.Context, b *bench) ([]figure, error) {
 		series := []string{apiSum, apiCount, commitSum, commitCount, batches}
 		before, scrapeErr := scrape(ctx, clientHost.DialContext, metricsAddr, series...)
 
+		pids := map[string]int{}
+		for _, n := range cl.nodes {
+			if p := n.corrald.Process(); p != nil {
+				pids[n.name] = p.PID()
+			}
+		}
+		meter := startCPU(pids)
 		rate, errs, err := concurrentWrites(ctx, opts, dialer, cl.name, &seq)
 		if err != nil {
 			return figs, err
 		}
+		figs = append(figs, cpuFigures(meter, leader, rate*raftLoadDuration.Seconds())...)
 		figs = append(figs, figure{fmt.Sprintf("%d clients", raftClients), fmt.Sprintf("%.0f writes/s", rate),
 			fmt.Sprintf("%d connections each looping UpdateSettings for %s (%d errors); target >= %d/s: %s",
 				raftClients, raftLoadDuration, errs, raftTargetWrites, metOrNot(rate >= raftTargetWrites && errs == 0))})
@@ -232,3 +241,34 @@ func fsyncFloor(dir string) (rate float64, p50, p99 time.Duration, err error) {
 	}
 	return float64(len(lat)) / time.Since(start).Seconds(), percentile(lat, 50), percentile(lat, 99), nil
 }
+
+// cpuFigures splits the CPU the concurrent run cost per committed write
+// between the leader, the followers and the clients, and says how close
+// the machine came to running out of CPU: the ceiling this box puts on
+// writes/s whatever the disk does.
+func cpuFigures(m *cpuMeter, leader string, writes float64) []figure {
+	procs, clients, busy := m.stop()
+	if writes <= 0 {
+		return nil
+	}
+	per := func(d time.Duration) time.Duration { return time.Duration(float64(d) / writes) }
+	var lead, follow time.Duration
+	for name, d := range procs {
+		if name == leader {
+			lead += d
+		} else {
+			follow += d
+		}
+	}
+	all := lead + follow + clients
+	ceiling := float64(runtime.NumCPU()) * float64(time.Second) / float64(per(all))
+	return []figure{
+		{"cpu per write", fmt.Sprintf("%s / %s / %s", us(per(lead)), us(per(follow)), us(per(clients))),
+			"leader / both followers / the 64 clients (gRPC + mTLS), user+system CPU during the run"},
+		{"cpu ceiling", fmt.Sprintf("%.0f writes/s", ceiling),
+			fmt.Sprintf("%d CPUs over the CPU of one write end to end (server and clients on this one machine); machine %.0f%% busy during the run",
+				runtime.NumCPU(), busy*100)},
+	}
+}
+
+func us(d time.Duration) string { return fmt.Sprintf("%dµs", d.Microseconds()) }
