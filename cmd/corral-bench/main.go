@@ -79,6 +79,9 @@ type bench struct {
 	// guestBoot is the median create-to-ready of the vm section when it
 	// ran before, shown next to the failover figure.
 	guestBoot time.Duration
+	// leaderProfile, when set, receives a CPU profile of the Raft leader
+	// taken during the 64-client run.
+	leaderProfile string
 }
 
 func (b *bench) runsOr(def int) int {
@@ -93,6 +96,7 @@ func main() {
 	runs := flag.Int("runs", 0, fmt.Sprintf("repetitions per section (default: vm %d, migrate %d, failover %d)",
 		defaultVMRuns, defaultMigrateRuns, defaultFailoverRuns))
 	verbose := flag.Bool("v", false, "progress logs on stderr")
+	leaderProfile := flag.String("leader-cpuprofile", "", "write a CPU profile of the Raft leader during the 64-client run to this file (go tool pprof)")
 	flag.Parse()
 
 	level := slog.LevelWarn
@@ -116,7 +120,7 @@ func main() {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	os.Exit(run(ctx, want, *runs, log, os.Stdout))
+	os.Exit(run(ctx, want, *runs, *leaderProfile, log, os.Stdout))
 }
 
 func known(name string) bool {
@@ -128,7 +132,7 @@ func known(name string) bool {
 	return false
 }
 
-func run(ctx context.Context, want map[string]bool, runs int, log *slog.Logger, out io.Writer) int {
+func run(ctx context.Context, want map[string]bool, runs int, leaderProfile string, log *slog.Logger, out io.Writer) int {
 	// The CLI's admin issue-cert saves a context in its config file: keep
 	// that away from root's own ~/.config/corral.
 	cfgDir, err := os.MkdirTemp("", "corral-bench-")
@@ -145,7 +149,7 @@ func run(ctx context.Context, want map[string]bool, runs int, log *slog.Logger, 
 		fmt.Fprintf(out, "corral-bench: build: %v\n", err)
 		return 1
 	}
-	b := &bench{bins: bins, runs: runs, log: log}
+	b := &bench{bins: bins, runs: runs, log: log, leaderProfile: leaderProfile}
 	fmt.Fprintf(out, "corral-bench: %d CPUs, GOMAXPROCS %d, load average %s; other jobs on the machine skew every figure\n\n",
 		runtime.NumCPU(), runtime.GOMAXPROCS(0), loadAvg())
 	failed := 0

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -60,4 +61,31 @@ func raftSeries(cluster string) (apiSum, apiCount, commitSum, commitCount, batch
 	c := `{cluster="` + cluster + `"}`
 	return `corral_api_call_seconds_sum{method="UpdateSettings"}`, `corral_api_call_seconds_count{method="UpdateSettings"}`,
 		"corral_raft_commit_seconds_sum" + c, "corral_raft_commit_seconds_count" + c, "corral_raft_apply_seconds_count" + c
+}
+
+// fetchProfile saves a CPU profile of d from the pprof handler at addr.
+func fetchProfile(ctx context.Context, dial func(ctx context.Context, network, addr string) (net.Conn, error), addr string, d time.Duration, path string) error {
+	hc := &http.Client{Timeout: d + 10*time.Second, Transport: &http.Transport{DialContext: dial}}
+	url := fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", addr, int(d.Seconds()))
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("profile %s: %w", addr, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("profile %s: %s", addr, resp.Status)
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }

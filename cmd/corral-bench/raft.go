@@ -92,7 +92,18 @@ func benchRaft(ctx context.Context, b *bench) ([]figure, error) {
 			}
 		}
 		meter := startCPU(pids)
+		profDone := make(chan error, 1)
+		if b.leaderProfile != "" {
+			go func() {
+				profDone <- fetchProfile(ctx, clientHost.DialContext, metricsAddr, raftLoadDuration/2, b.leaderProfile)
+			}()
+		} else {
+			profDone <- nil
+		}
 		rate, errs, err := concurrentWrites(ctx, opts, dialer, cl.name, &seq)
+		if perr := <-profDone; perr != nil {
+			b.log.Warn("leader CPU profile", "err", perr)
+		}
 		if err != nil {
 			return figs, err
 		}
