@@ -59,7 +59,7 @@ type Config struct {
 	ConsoleDir string
 	Dial       func(ctx context.Context) (Hypervisor, error)  // connects to the local libvirtd
 	Probe      func(ctx context.Context, h Hypervisor) string // "kvm" or "qemu"
-	Logger     *slog.Logger
+	Logger     *slog.Logger                                   // carries the node key (corrald adds it once)
 	Resync     time.Duration
 	Networks   NetworkConverger // nil: networks not managed on this node
 	Storage    StorageOpener    // nil: only file disks
@@ -115,7 +115,7 @@ func New(cfg Config, m *cluster.Manager) *Agent {
 	if cfg.Resync == 0 {
 		cfg.Resync = DefaultResync
 	}
-	return &Agent{cfg: cfg, m: m, log: cfg.Logger.With("node", cfg.Node), kick: make(chan struct{}, 1),
+	return &Agent{cfg: cfg, m: m, log: cfg.Logger, kick: make(chan struct{}, 1),
 		vmMemory: map[string]*vmMemo{}, inventorySent: map[string]string{}, netSent: map[string]string{},
 		unconfirmed: map[string]time.Time{}, warnedAt: map[string]time.Time{}}
 }

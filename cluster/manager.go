@@ -45,7 +45,7 @@ type Config struct {
 	AdvertiseIP  string // the IP peers and Ceph see for this node
 	APIAddr      string // host:port of this node's gRPC API
 	RaftPortBase int
-	Logger       *slog.Logger
+	Logger       *slog.Logger // carries the node key (corrald adds it once)
 	// Raft timing overrides (zero = raftstore defaults).
 	HeartbeatTimeout, ElectionTimeout, LeaderLeaseTimeout time.Duration
 	// Observe receives Raft commit/apply latencies (metrics); may be nil.
@@ -98,7 +98,7 @@ func New(cfg Config) *Manager {
 		cfg.RaftPortBase = DefaultRaftPortBase
 	}
 	return &Manager{
-		cfg: cfg, log: cfg.Logger.With("node", cfg.NodeName), tls: pki.NewServerTLS(),
+		cfg: cfg, log: cfg.Logger, tls: pki.NewServerTLS(),
 		groups: map[string]*Group{}, conns: map[string]*grpc.ClientConn{},
 	}
 }
