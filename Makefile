@@ -53,13 +53,17 @@ demo: build
 demo-stop:
 	@sh scripts/demo.sh stop
 
-# Benchmarks (go test -bench): the scheduler and FSM, and real-component
-# figures (OVS/Linux bridge convergence, RBD clone vs copy) on a lab; then
+# Benchmarks (go test -bench): the scheduler and FSM, Raft in-process over
+# its TLS transport (3000 writes per figure: latency, 64 proposers, fsync
+# floor), and real-component figures (OVS/Linux bridge convergence, RBD
+# clone vs copy) on a lab; then
 # corral-bench's end-to-end figures (Raft writes over mTLS vs the fsync
 # floor, VM create to ready, live migration, HA failover), each on its own
 # lab. BENCH_FLAGS passes options, e.g. BENCH_FLAGS='-only raft -runs 3'.
 bench: build
-	$(GO) test -run '^$$' -bench . -benchtime 3x ./scheduler/ ./raftstore/ ./netbridge/
+	$(GO) test -run '^$$' -bench . -benchtime 3x ./scheduler/ ./netbridge/
+	$(GO) test -run '^$$' -bench 'Apply|Snapshot' -benchtime 3x ./raftstore/
+	$(GO) test -run '^$$' -bench ClusterTLS -benchtime 3000x ./raftstore/
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./storage/rbd/
 	$(BIN)/corral-bench $(BENCH_FLAGS)
 
