@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -14,6 +15,31 @@ import (
 
 func eventRow(t *table, e *pb.Event) {
 	t.row(fmt.Sprint(e.GetIndex()), timestamp(e.GetTimeUnixNano()), e.GetActor(), e.GetAction(), e.GetTarget(), e.GetResult(), e.GetMessage())
+}
+
+// eventWidths are the columns of a followed event list: rows come one at
+// a time, so they cannot be aligned on the widest cell like a table.
+var eventWidths = []int{7, 20, 18, 16, 16, 8}
+
+// fixedRow pads each cell to its width (a longer cell pushes the rest, a
+// column without a width is not padded); empty cells show as "-".
+func fixedRow(cells []string, widths []int) string {
+	var b strings.Builder
+	for i, c := range cells {
+		if c == "" {
+			c = "-"
+		}
+		if i > 0 {
+			b.WriteString("  ")
+		}
+		b.WriteString(c)
+		if i < len(widths) && i < len(cells)-1 {
+			for n := len(c); n < widths[i]; n++ {
+				b.WriteByte(' ')
+			}
+		}
+	}
+	return b.String()
 }
 
 func eventTable(events []*pb.Event) *table {
@@ -46,7 +72,7 @@ func (a *app) eventCmd() *cobra.Command {
 				// comes, one per line in every format.
 				last := after
 				if a.output == "table" {
-					if err := newTable("INDEX", "TIME", "ACTOR", "ACTION", "TARGET", "RESULT", "MESSAGE").write(a.out); err != nil {
+					if _, err := fmt.Fprintln(a.out, fixedRow([]string{"INDEX", "TIME", "ACTOR", "ACTION", "TARGET", "RESULT", "MESSAGE"}, eventWidths)); err != nil {
 						return err
 					}
 				}
@@ -54,6 +80,10 @@ func (a *app) eventCmd() *cobra.Command {
 					last = max(last, e.GetIndex())
 					t := newTable()
 					eventRow(t, e)
+					if a.output == "table" {
+						_, err := fmt.Fprintln(a.out, fixedRow(t.rows[0], eventWidths))
+						return err
+					}
 					return a.printLine(e, t)
 				}
 				for _, e := range resp.GetEvents() {
