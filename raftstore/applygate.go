@@ -140,10 +140,16 @@ func (g *applyGate) close() {
 	g.mu.Unlock()
 	close(g.stop)
 	<-g.done
-	for _, p := range g.take() {
-		p.result <- applyOutcome{err: raft.ErrRaftShutdown}
+	for ps := g.take(); len(ps) > 0; ps = g.take() {
+		for _, p := range ps {
+			p.result <- applyOutcome{err: raft.ErrRaftShutdown}
+		}
 	}
 }
+
+// stopped closes when the gate closes: an entry raft had queued but not
+// stored when it shut down is never answered, so callers stop waiting.
+func (g *applyGate) stopped() <-chan struct{} { return g.stop }
 
 func (g *applyGate) run() {
 	defer close(g.done)

@@ -109,3 +109,32 @@ func TestApplyLocalAfterClose(t *testing.T) {
 		t.Errorf("ApplyLocal after Close: err = %v, want unavailable", err)
 	}
 }
+
+// TestApplyGateCloseAnswersAll: closing answers every queued proposal,
+// however many waves they fill, so no caller waits forever.
+func TestApplyGateCloseAnswersAll(t *testing.T) {
+	g := &applyGate{wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
+	close(g.done) // no run loop: proposals stay queued as behind a stuck raft
+	var ps []*proposal
+	for range 2*applyWaveMax + 10 {
+		p := &proposal{result: make(chan applyOutcome, 1)}
+		if !g.submit(p) {
+			t.Fatal("submit on an open gate failed")
+		}
+		ps = append(ps, p)
+	}
+	g.close()
+	for i, p := range ps {
+		select {
+		case out := <-p.result:
+			if out.err == nil || out.f != nil {
+				t.Fatalf("proposal %d: outcome %+v, want a shutdown error and no future", i, out)
+			}
+		default:
+			t.Fatalf("proposal %d of %d not answered by close", i, len(ps))
+		}
+	}
+	if g.submit(&proposal{result: make(chan applyOutcome, 1)}) {
+		t.Error("submit after close succeeded")
+	}
+}

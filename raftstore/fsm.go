@@ -5,6 +5,7 @@ import (
 	"io"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -108,6 +109,10 @@ type FSM struct {
 	onFatal      func(error)
 	observeApply func(time.Duration)
 
+	// beforeBatch, set by tests only, runs before each batch is applied
+	// (to hold the FSM back behind raft).
+	beforeBatch atomic.Pointer[func()]
+
 	mu      sync.RWMutex
 	state   *State
 	applied uint64
@@ -127,6 +132,9 @@ func (f *FSM) Apply(l *raft.Log) any {
 
 // ApplyBatch implements raft.BatchingFSM: a whole batch under one lock.
 func (f *FSM) ApplyBatch(logs []*raft.Log) []any {
+	if hook := f.beforeBatch.Load(); hook != nil {
+		(*hook)()
+	}
 	out := make([]any, len(logs))
 	start := time.Now()
 	f.mu.Lock()

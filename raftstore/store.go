@@ -95,6 +95,7 @@ type Store struct {
 	raft *raft.Raft
 	fsm  *FSM
 	gate *applyGate
+	logs raft.LogStore // ReadIndex reads entry types
 	// readTerm is the term in which ReadIndex last went through a
 	// barrier.
 	readTerm atomic.Uint64
@@ -194,6 +195,7 @@ func Open(cfg Config) (*Store, error) {
 		s.closeAll()
 		return nil, fmt.Errorf("raft state: %w", err)
 	}
+	s.logs = logs
 	r, err := raft.NewRaft(rc, s.fsm, logs, stable, snaps, trans)
 	if err != nil {
 		s.closeAll()
@@ -309,6 +311,15 @@ func (s *Store) ApplyLocal(ctx context.Context, cmd *pb.Command) (any, uint64, e
 	var out applyOutcome
 	select {
 	case out = <-p.result:
+	case <-s.gate.stopped():
+		if s.gate.cancel(p) {
+			return nil, 0, errdefs.Unavailable("cluster %s: %v: the write was not applied; retry in a few seconds", s.cfg.Cluster, raft.ErrRaftShutdown)
+		}
+		select {
+		case out = <-p.result:
+		default:
+			return nil, 0, errdefs.Unavailable("cluster %s: raft shut down while the write was in flight; its outcome is unknown: check the state before retrying", s.cfg.Cluster)
+		}
 	case <-ctx.Done():
 		if s.gate.cancel(p) {
 			return nil, 0, errdefs.Wrap(errdefs.KindUnavailable, ctx.Err(), "cluster %s: the write was not proposed in time (no quorum?): it was not applied", s.cfg.Cluster)
@@ -380,32 +391,68 @@ func (s *Store) Barrier(ctx context.Context) error {
 // that it still leads, after a single barrier per term (a new leader
 // knows the commit index only once an entry of its term committed).
 func (s *Store) ReadIndex(ctx context.Context) (uint64, error) {
-	if !s.IsLeader() {
-		return 0, errdefs.Unavailable("not the leader")
-	}
-	term := s.raft.CurrentTerm()
-	if s.readTerm.Load() != term {
-		if err := s.Barrier(ctx); err != nil {
+	for attempt := 0; ; attempt++ {
+		if !s.IsLeader() {
+			return 0, errdefs.Unavailable("not the leader")
+		}
+		term := s.raft.CurrentTerm()
+		if s.readTerm.Load() != term {
+			if err := s.Barrier(ctx); err != nil {
+				return 0, err
+			}
+			s.readTerm.Store(term)
+		}
+		commit := s.raft.CommitIndex()
+		if err := s.raft.VerifyLeader().Error(); err != nil {
+			return 0, errdefs.Unavailable("leadership not confirmed: %v", err)
+		}
+		if s.raft.CurrentTerm() != term {
+			// Lost and won again meanwhile: the commit index read may
+			// predate the new term's barrier.
+			if attempt < 3 {
+				continue
+			}
+			return 0, errdefs.Unavailable("leadership changing; retry")
+		}
+		idx, err := s.fsmIndexAt(ctx, commit)
+		if err != nil {
 			return 0, err
 		}
-		s.readTerm.Store(term)
+		if err := s.WaitApplied(ctx, idx); err != nil {
+			return 0, err
+		}
+		return idx, nil
 	}
-	commit := s.raft.CommitIndex()
-	if err := s.raft.VerifyLeader().Error(); err != nil {
-		return 0, errdefs.Unavailable("leadership not confirmed: %v", err)
-	}
-	// Entries up to commit may still be on their way to the FSM; raft's
-	// applied index also counts those that never reach it (barriers,
-	// configuration), so wait on it, not on the FSM's own.
+}
+
+// fsmIndexAt returns the index of the last entry at or below commit that
+// the FSM applies (commands and configurations; barriers and no-ops never
+// reach it, so the FSM's applied index may never equal commit).
+func (s *Store) fsmIndexAt(ctx context.Context, commit uint64) (uint64, error) {
+	// raft hands entries to the FSM in order: once AppliedIndex (handed
+	// over, not yet applied) reaches commit, every entry up to it is in
+	// the FSM's queue and the log holds their types.
 	for s.raft.AppliedIndex() < commit {
 		select {
 		case <-ctx.Done():
-			return 0, errdefs.Unavailable("waiting for entry %d to apply on the leader: %v", commit, ctx.Err())
+			return 0, errdefs.Unavailable("waiting for entry %d to reach the FSM: %v", commit, ctx.Err())
 		case <-time.After(time.Millisecond):
 		}
 	}
-	idx, _ := s.fsm.Applied()
-	return idx, nil
+	applied, _ := s.fsm.Applied()
+	for i := commit; i > applied; i-- {
+		var l raft.Log
+		if err := s.logs.GetLog(i, &l); err != nil {
+			if errors.Is(err, raft.ErrLogNotFound) {
+				break // compacted into a snapshot: applied already
+			}
+			return 0, fmt.Errorf("read index: log entry %d: %w", i, err)
+		}
+		if l.Type == raft.LogCommand || l.Type == raft.LogConfiguration {
+			return i, nil
+		}
+	}
+	return applied, nil
 }
 
 // AddVoter adds a member (leader only). Witnesses are voters too: they
