@@ -300,11 +300,19 @@ func (a *Agent) reconcileVM(ctx context.Context, g *cluster.Group, hv Hypervisor
 		memo.rebootSeq = v.RebootSeq
 		var err error
 		if act == actColdReboot {
-			// A changed config applies at the next boot. Destroy returns
-			// once the guest is down, so no stop is left expected.
+			// A changed config applies at the next boot. The stop is ours
+			// until the guest runs again: if the start fails, the next
+			// pass starts it rather than taking it for a guest's stop.
+			a.mu.Lock()
+			memo.expectStop = true
+			a.mu.Unlock()
 			if err = hv.Destroy(cctx, name); err == nil {
 				a.newConsole(g.Name, v.Name)
-				err = hv.Start(cctx, name)
+				if err = hv.Start(cctx, name); err == nil {
+					a.mu.Lock()
+					memo.expectStop = false
+					a.mu.Unlock()
+				}
 			}
 			memo.bootedGen = v.Generation
 		} else {
@@ -334,7 +342,8 @@ func (a *Agent) reconcileVM(ctx context.Context, g *cluster.Group, hv Hypervisor
 // report proposes the observed status when it changed.
 func (a *Agent) report(ctx context.Context, g *cluster.Group, v *pb.VM, st pb.VMState, reason string, d hypervisor.Domain, force bool) {
 	memo := a.memo(g.Name, v.Name)
-	status := &pb.VMStatus{State: st, Reason: reason, Node: a.cfg.Node, ObservedGeneration: v.Generation}
+	status := &pb.VMStatus{State: st, Reason: reason, Node: a.cfg.Node, ObservedGeneration: v.Generation,
+		ObservedRebootSeq: max(memo.rebootSeq, 0)}
 	key := status.String()
 	cur := v.Status
 	// A running guest's usage (vCPU time, memory) is refreshed every
@@ -344,12 +353,10 @@ func (a *Agent) report(ctx context.Context, g *cluster.Group, v *pb.VM, st pb.VM
 	if !force && !usageDue && memo.lastReport == key && cur.GetState() == st && cur.GetObservedGeneration() == v.Generation {
 		return
 	}
-	if !force && !usageDue && cur.GetState() == st && cur.GetReason() == reason && cur.GetObservedGeneration() == v.Generation && cur.GetNode() == a.cfg.Node {
+	if !force && !usageDue && cur.GetState() == st && cur.GetReason() == reason && cur.GetObservedGeneration() == v.Generation &&
+		cur.GetObservedRebootSeq() == status.ObservedRebootSeq && cur.GetNode() == a.cfg.Node {
 		memo.lastReport = key
 		return
-	}
-	if usageDue && reason == "" && cur.GetState() == st && cur.GetObservedGeneration() == v.Generation {
-		status.Reason = cur.GetReason() // a usage refresh keeps the reason shown
 	}
 	status.CpuTimeNs, status.MemoryKib = d.CPUTimeNs, d.MemoryKiB
 	stoppedByGuest := force && st == pb.VMState_VM_STATE_STOPPED

@@ -280,8 +280,6 @@ func (s *Server) power(ctx context.Context, cluster, name string, cmd *pb.VMPowe
 	if err != nil {
 		return nil, err
 	}
-	var before *pb.VM
-	g.Store.Read(func(st *raftstore.State) { before = st.VMs[name] })
 	if _, err := g.Propose(ctx, pb.CommandType_COMMAND_TYPE_VM_POWER, cmd, actor(ctx)); err != nil {
 		return nil, err
 	}
@@ -295,7 +293,9 @@ func (s *Server) power(ctx context.Context, cluster, name string, cmd *pb.VMPowe
 		}
 		out = v
 		if cmd.Reboot {
-			return v.Status.GetBoots() > before.Status.GetBoots() || v.Status.GetState() == pb.VMState_VM_STATE_RUNNING && v.Status.GetUpdatedUnixNano() > before.Status.GetUpdatedUnixNano(), nil
+			// The agent reports the reboot sequence it carried out (a
+			// start counts): a status refresh before that is no answer.
+			return v.Status.GetState() == pb.VMState_VM_STATE_RUNNING && v.Status.GetObservedRebootSeq() >= v.RebootSeq, nil
 		}
 		if v.Status.GetState() == pb.VMState_VM_STATE_ERROR && want == pb.VMState_VM_STATE_RUNNING {
 			return false, errdefs.Precondition("vm %q failed on %s: %s", name, v.Node, v.Status.Reason)

@@ -123,6 +123,31 @@ func TestVMLifecycle(t *testing.T) {
 	}
 	must("n1", "vm", "start", "web")
 
+	// A config change applies at the next boot: `vm reboot` after an edit
+	// is a cold reboot into a new QEMU with the new memory size.
+	eventually(t, 30*time.Second, "running before the edit", func() (bool, string) {
+		out, _ := cli("n1", "vm", "show", "web", "-o", "json")
+		return strings.Contains(out, "VM_STATE_RUNNING") && qemuPID() != "", out
+	})
+	oldPID := qemuPID()
+	must("n1", "vm", "edit", "web", "--memory", "256")
+	if got := qemuPID(); got != oldPID {
+		t.Fatalf("edit restarted the guest at once (pid %s -> %s): it must wait for the next boot", oldPID, got)
+	}
+	out = must("n1", "vm", "reboot", "web")
+	if show := must("n1", "vm", "show", "web", "-o", "json"); !regexp.MustCompile(`"observed_reboot_seq":\s*"1"`).MatchString(show) {
+		t.Errorf("vm reboot returned before the agent reported the reboot:\n%s", show)
+	}
+	if got := qemuPID(); got == oldPID || got == "" {
+		t.Fatalf("cold reboot kept QEMU pid %s (now %q)", oldPID, got)
+	}
+	if out, err := nodes["n3"].Host.Run(ctx, "virsh", "-c", libv["n3"].LocalURI(), "dominfo", "prod-web"); err != nil || !strings.Contains(out, "262144 KiB") {
+		t.Fatalf("after the cold reboot the domain should have 256 MiB: %v\n%s", err, out)
+	}
+	if out, err := cli("n1", "vm", "console", "web", "--until", "GUEST-READY", "--for", "90s"); err != nil {
+		t.Fatalf("guest not ready again after the cold reboot: %v\n%s", err, out)
+	}
+
 	// Destroyed from outside corral: the state follows.
 	eventually(t, 30*time.Second, "running before destroy", func() (bool, string) {
 		out, _ := cli("n1", "vm", "show", "web", "-o", "json")

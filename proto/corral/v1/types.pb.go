@@ -968,8 +968,11 @@ type VMStatus struct {
 	UpdatedUnixNano    int64                  `protobuf:"varint,6,opt,name=updated_unix_nano,json=updatedUnixNano,proto3" json:"updated_unix_nano,omitempty"`
 	Boots              int64                  `protobuf:"varint,7,opt,name=boots,proto3" json:"boots,omitempty"` // starts observed by agents
 	ObservedGeneration int64                  `protobuf:"varint,8,opt,name=observed_generation,json=observedGeneration,proto3" json:"observed_generation,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// The VM's reboot_seq up to which the agent has carried out reboots:
+	// `vm reboot` waits for it to reach the sequence it asked for.
+	ObservedRebootSeq int64 `protobuf:"varint,9,opt,name=observed_reboot_seq,json=observedRebootSeq,proto3" json:"observed_reboot_seq,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *VMStatus) Reset() {
@@ -1054,6 +1057,13 @@ func (x *VMStatus) GetBoots() int64 {
 func (x *VMStatus) GetObservedGeneration() int64 {
 	if x != nil {
 		return x.ObservedGeneration
+	}
+	return 0
+}
+
+func (x *VMStatus) GetObservedRebootSeq() int64 {
+	if x != nil {
+		return x.ObservedRebootSeq
 	}
 	return 0
 }
@@ -2302,7 +2312,7 @@ const file_corral_v1_types_proto_rawDesc = "" +
 	"\bha_group\x18\x0f \x01(\tR\ahaGroup\x12#\n" +
 	"\ranti_affinity\x18\x10 \x01(\tR\fantiAffinity\x123\n" +
 	"\n" +
-	"cloud_init\x18\x11 \x01(\v2\x14.corral.v1.CloudInitR\tcloudInit\"\x92\x02\n" +
+	"cloud_init\x18\x11 \x01(\v2\x14.corral.v1.CloudInitR\tcloudInit\"\xc2\x02\n" +
 	"\bVMStatus\x12(\n" +
 	"\x05state\x18\x01 \x01(\x0e2\x12.corral.v1.VMStateR\x05state\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x12\n" +
@@ -2312,7 +2322,8 @@ const file_corral_v1_types_proto_rawDesc = "" +
 	"memory_kib\x18\x05 \x01(\x04R\tmemoryKib\x12*\n" +
 	"\x11updated_unix_nano\x18\x06 \x01(\x03R\x0fupdatedUnixNano\x12\x14\n" +
 	"\x05boots\x18\a \x01(\x03R\x05boots\x12/\n" +
-	"\x13observed_generation\x18\b \x01(\x03R\x12observedGeneration\"\xed\x03\n" +
+	"\x13observed_generation\x18\b \x01(\x03R\x12observedGeneration\x12.\n" +
+	"\x13observed_reboot_seq\x18\t \x01(\x03R\x11observedRebootSeq\"\xed\x03\n" +
 	"\x02VM\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04uuid\x18\x02 \x01(\tR\x04uuid\x12%\n" +
