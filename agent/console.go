@@ -31,7 +31,7 @@ func (a *Agent) Console(ctx context.Context, clusterName, vm string, replay bool
 	if err != nil {
 		return err
 	}
-	defer f.Close()
+	defer func() { f.Close() }() // follow may move f to a recreated log
 	if !replay {
 		if _, err := f.Seek(0, io.SeekEnd); err != nil {
 			return err
@@ -63,10 +63,26 @@ func (a *Agent) Console(ctx context.Context, clusterName, vm string, replay bool
 			a.log.Warn("console input unavailable", "vm", vm, "err", err)
 		}
 	}
+	return follow(ctx, &f, a.ConsoleLog(clusterName, vm), out)
+}
+
+// follow copies *fp (opened on path) to out as it grows, like tail -f,
+// until ctx ends. A cold boot truncates the serial log (its history
+// restarts with the new boot) and the log may be recreated: both are
+// followed from their start, so a client attached across a restart sees
+// the new boot. *fp is replaced when the log is reopened; the caller
+// closes it.
+func follow(ctx context.Context, fp **os.File, path string, out func([]byte) error) error {
+	f := *fp
+	off, err := f.Seek(0, io.SeekCurrent)
+	if err != nil {
+		return err
+	}
 	buf := make([]byte, 32<<10)
 	for {
 		n, err := f.Read(buf)
 		if n > 0 {
+			off += int64(n)
 			if err := out(append([]byte(nil), buf[:n]...)); err != nil {
 				return err
 			}
@@ -74,12 +90,29 @@ func (a *Agent) Console(ctx context.Context, clusterName, vm string, replay bool
 		if err != nil && !errors.Is(err, io.EOF) {
 			return err
 		}
-		if n == 0 {
-			select {
-			case <-ctx.Done():
-				return nil
-			case <-time.After(50 * time.Millisecond):
+		if n > 0 {
+			continue
+		}
+		if cur, err := os.Stat(path); err == nil {
+			if fi, ferr := f.Stat(); ferr == nil && !os.SameFile(fi, cur) {
+				// Replaced: follow the new file from its start.
+				if nf, err := os.Open(path); err == nil {
+					f.Close()
+					f, *fp, off = nf, nf, 0
+					continue
+				}
+			} else if cur.Size() < off {
+				// Truncated under us: read the new boot from the start.
+				if _, err := f.Seek(0, io.SeekStart); err == nil {
+					off = 0
+					continue
+				}
 			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(50 * time.Millisecond):
 		}
 	}
 }

@@ -92,7 +92,7 @@ func benchFailover(ctx context.Context, b *bench) ([]figure, error) {
 			figs = append(figs, figure{"boots on restarted node", strconv.Itoa(len(rebootedVictims)),
 				"runs where the crashed node, back and unfenced, ran the guest too (virsh list; must be 0) " + strings.Join(rebootedVictims, "; ")})
 			if staleMax > 0 {
-				figs = append(figs, figure{"stale boots replayed", strconv.Itoa(staleMax), "most earlier instances' boot lines in one console replay after a restart (the serial log is appended to, never truncated at a cold start)"})
+				figs = append(figs, figure{"stale boots replayed", strconv.Itoa(staleMax), "most earlier instances' boot lines in one console replay: an attach before the new node truncated the log for its boot replays the old one (boot ids tell them apart)"})
 			}
 			for _, p := range phases {
 				if ds := timeline[p.key]; len(ds) > 0 {
@@ -218,10 +218,10 @@ func failoverTimeline(events []*pb.Event, crash time.Time, node, vm string) map[
 
 // waitNewBoot waits, through the API on watcher's local socket, until vm is
 // placed off the crashed node and its console shows a boot line whose boot
-// id is not in seen. It reads the console with the Go client rather than
-// `corral vm console --until`: the replayed log of a node the VM ran on
-// before also holds that earlier instance's ready line, which --until
-// would match at once (see the report: the agent never truncates it).
+// id is not in seen. It reads the console with the Go client and checks
+// boot ids rather than `corral vm console --until`: an attach that comes
+// before the new node truncated the log for the new boot replays the
+// earlier instance's ready line, which --until would match at once.
 func waitNewBoot(ctx context.Context, cl *cluster, watcher *node, crashed, vm string, seen map[string]bool) (newNode, bootID string, uptime time.Duration, stale int, err error) {
 	c, err := client.Dial(ctx, client.Options{Socket: watcher.corrald.Socket, Timeout: 5 * time.Second})
 	if err != nil {
