@@ -35,7 +35,8 @@ type StorageOpener func(ctx context.Context, pool *pb.StoragePool, key string) (
 type MigrationConfig struct {
 	// URITemplate is the destination libvirt URI with %s for the node's
 	// IP, e.g. "qemu+tls://%s/system" (production) or "qemu+tcp://%s/system".
-	// With qemu+tls the QEMU stream is encrypted too (VIR_MIGRATE_TLS).
+	// With qemu+tls and PKI the QEMU stream is encrypted too
+	// (VIR_MIGRATE_TLS).
 	URITemplate string
 	Unsafe      bool
 	// PKI, when set, is where the agent lays out this node's cluster
@@ -43,8 +44,13 @@ type MigrationConfig struct {
 	PKI *pki.LibvirtTLS
 }
 
-// tls reports whether migrations use libvirt's TLS transport.
-func (m MigrationConfig) tls() bool { return strings.HasPrefix(m.template(), "qemu+tls://") }
+// tls reports whether QEMU's migration stream is encrypted too: with a
+// qemu+tls:// URI when corral lays out QEMU's x509 files (PKI); with
+// certificates managed by hand, /etc/pki/qemu may not exist, and asking
+// for it would fail every migration.
+func (m MigrationConfig) tls() bool {
+	return m.PKI != nil && strings.HasPrefix(m.template(), "qemu+tls://")
+}
 
 func (m MigrationConfig) template() string {
 	if m.URITemplate == "" {

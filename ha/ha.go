@@ -240,13 +240,16 @@ func (h *HA) alive(ctx context.Context, g group, st *raftstore.State, n *pb.Node
 		if err != nil {
 			return
 		}
-		var cur *pb.Node
-		g.Read(func(s *raftstore.State) { cur = s.Nodes[n.Name] })
+		var (
+			cur   *pb.Node // entries are replaced, never changed in place
+			pools []*pb.StoragePool
+		)
+		g.Read(func(s *raftstore.State) { cur, pools = s.Nodes[n.Name], rbdPools(s) })
 		if cur == nil || !cur.Fenced || !cur.FenceClean {
 			return
 		}
 		fctx, cancel := context.WithTimeout(ctx, DefaultFenceTimeout)
-		err = h.fencer.Unfence(fctx, g.SealKey(), rbdPools(st), cur.StorageAddress)
+		err = h.fencer.Unfence(fctx, g.SealKey(), pools, cur.StorageAddress)
 		cancel()
 		if err != nil {
 			h.log.Error("ha: unblocklist", "cluster", g.Name(), "node", n.Name, "err", err)

@@ -7,6 +7,7 @@ import (
 	"os/user"
 	"path/filepath"
 	"strconv"
+	"syscall"
 )
 
 // LibvirtTLS lays out a node's credentials where libvirtd and QEMU look for
@@ -68,12 +69,12 @@ func (l LibvirtTLS) Write(creds Creds, cas ...[]byte) (changed bool, err error) 
 	}
 	for _, f := range files {
 		path := filepath.Join(l.Dir, f.path)
-		if cur, err := os.ReadFile(path); err == nil && bytes.Equal(cur, f.data) {
-			continue
-		}
 		mode := f.mode
 		if mode == 0o640 && f.gid < 0 {
 			mode = 0o600
+		}
+		if same(path, f.data, mode, f.gid) {
+			continue
 		}
 		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 			return changed, fmt.Errorf("libvirt TLS files: %w", err)
@@ -86,15 +87,48 @@ func (l LibvirtTLS) Write(creds Creds, cas ...[]byte) (changed bool, err error) 
 	return changed, nil
 }
 
-// writeFileMode is writeFileAtomic with a mode and, if gid >= 0, a group.
+// same reports whether path holds data with mode and, if gid >= 0, that
+// group: a file whose content is right but whose mode or group is not (a
+// failed chown, a group created since) is written again.
+func same(path string, data []byte, mode os.FileMode, gid int) bool {
+	cur, err := os.ReadFile(path)
+	if err != nil || !bytes.Equal(cur, data) {
+		return false
+	}
+	fi, err := os.Stat(path)
+	if err != nil || fi.Mode().Perm() != mode {
+		return false
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && gid >= 0 && int(st.Gid) != gid {
+		return false
+	}
+	return true
+}
+
+// writeFileMode replaces path atomically by a file holding data with mode
+// and, if gid >= 0, that group, set before the rename so that no reader
+// ever sees the file with other permissions.
 func writeFileMode(path string, data []byte, mode os.FileMode, gid int) error {
-	if err := writeFileAtomic(path, data); err != nil {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
 		return err
 	}
-	if gid >= 0 {
-		if err := os.Chown(path, -1, gid); err != nil {
-			return err
-		}
+	defer os.Remove(tmp.Name()) // no-op once renamed
+	err = tmp.Chmod(mode)
+	if err == nil && gid >= 0 {
+		err = tmp.Chown(-1, gid)
 	}
-	return os.Chmod(path, mode)
+	if err == nil {
+		_, err = tmp.Write(data)
+	}
+	if err == nil {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
 }

@@ -84,6 +84,17 @@ func TestLibvirtTLSWrite(t *testing.T) {
 	if changed, err := l.Write(creds, devCreds.CACertPEM); err != nil || changed {
 		t.Errorf("second Write = %v, %v; want unchanged", changed, err)
 	}
+	// Right content, wrong mode (a failed chmod or chown earlier): fixed.
+	bundlePath := filepath.Join(l.Dir, "CA/cacert.pem")
+	if err := os.Chmod(bundlePath, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if changed, err := l.Write(creds, devCreds.CACertPEM); err != nil || !changed {
+		t.Errorf("Write over a file with the wrong mode = %v, %v; want changed", changed, err)
+	}
+	if fi, err := os.Stat(bundlePath); err != nil || fi.Mode().Perm() != 0o644 {
+		t.Errorf("CA bundle mode after Write: %v %v, want 0644", fi.Mode().Perm(), err)
+	}
 	// A renewed certificate is written.
 	renewed, err := prod.NewCreds(RoleNode, "atlantis", []net.IP{net.ParseIP("10.0.0.1")}, now, 2*time.Hour)
 	if err != nil {
