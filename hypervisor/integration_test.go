@@ -39,13 +39,13 @@ func startHost(t *testing.T, ctx context.Context, lab *testenv.Lab, name string)
 
 // startHostWith starts a host whose libvirtd also serves TLS with the
 // credentials creds returns for the host's IP (nil: TCP only).
-func startHostWith(t *testing.T, ctx context.Context, lab *testenv.Lab, name string, creds func(ip net.IP) (pki.Creds, error)) *testHost {
+func startHostWith(t *testing.T, ctx context.Context, lab *testenv.Lab, name string, creds func(ip net.IP) (pki.Creds, error), daemonConf ...string) *testHost {
 	t.Helper()
 	h, err := lab.AddHost(name)
 	if err != nil {
 		t.Fatalf("add host %s: %v", name, err)
 	}
-	var opts testenv.LibvirtdOptions
+	opts := testenv.LibvirtdOptions{DaemonConf: strings.Join(daemonConf, "\n")}
 	if creds != nil {
 		opts.TLS = func(dir string) error {
 			c, err := creds(net.IP(h.IP.AsSlice()))
@@ -766,6 +766,10 @@ func TestIntegrationCephSecret(t *testing.T) {
 	}
 }
 
+// libvirtNodesOnly is the README's tls_allowed_dn_list for cluster prod:
+// node certificates only (GnuTLS may print the DN either way round).
+const libvirtNodesOnly = `tls_allowed_dn_list = ["*OU=node*O=corral prod*", "*O=corral prod*OU=node*"]`
+
 // TestIntegrationMigrateTLS migrates as production does: qemu+tls:// to the
 // destination's libvirtd and an encrypted QEMU stream, both authenticated by
 // the cluster CA through the files pki.LibvirtTLS lays out. A host whose
@@ -789,9 +793,14 @@ func TestIntegrationMigrateTLS(t *testing.T) {
 		}
 	}
 	lab := testenv.New(t, testenv.Options{})
-	src := startHostWith(t, ctx, lab, "src", issuer(prod, "src"))
-	dst := startHostWith(t, ctx, lab, "dst", issuer(prod, "dst"))
+	// The README's restriction: only prod's node certificates may talk to
+	// these libvirtds (an admin certificate of the CA may not).
+	src := startHostWith(t, ctx, lab, "src", issuer(prod, "src"), libvirtNodesOnly)
+	dst := startHostWith(t, ctx, lab, "dst", issuer(prod, "dst"), libvirtNodesOnly)
 	rogue := startHostWith(t, ctx, lab, "rogue", issuer(dev, "rogue"))
+	// A libvirtd whose list admits no corral prod node refuses the source
+	// even with a valid certificate: the list is enforced.
+	strict := startHostWith(t, ctx, lab, "strict", issuer(prod, "strict"), `tls_allowed_dn_list = ["*O=corral nobody*"]`)
 	kernel, initrd, err := testenv.BuildGuest(t.TempDir(), testenv.GuestOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -807,6 +816,11 @@ func TestIntegrationMigrateTLS(t *testing.T) {
 	}
 	if d, err := src.conn.Get(ctx, s.Name); err != nil || d.State != StateRunning {
 		t.Fatalf("source after the refused migration: %+v %v; want running", d, err)
+	}
+	if _, err := src.conn.Migrate(ctx, s.Name, strict.d.TLSURI, MigrateOptions{TLS: true, Unsafe: true}, nil); err == nil {
+		t.Fatal("migration to a libvirtd whose tls_allowed_dn_list excludes the source succeeded")
+	} else {
+		t.Logf("to a host that does not list the source's DN: %v", err)
 	}
 
 	// The QEMU stream is encrypted: without the destination QEMU's key the

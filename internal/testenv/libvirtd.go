@@ -58,6 +58,8 @@ type LibvirtdOptions struct {
 	// also listens for qemu+tls:// on IP:16514 and QEMU finds its x509
 	// files for encrypted migration streams.
 	TLS func(pkiDir string) error
+	// DaemonConf is appended to libvirtd.conf (e.g. tls_allowed_dn_list).
+	DaemonConf string
 }
 
 // StartLibvirtd starts libvirtd on the host (recipe of real-components.md)
@@ -88,6 +90,11 @@ func (h *Host) StartLibvirtdWith(ctx context.Context, opts LibvirtdOptions) (*Li
 	}
 	if err := writeLibvirtConfig(hostDir, h.IP, opts.TLS != nil); err != nil {
 		return nil, fmt.Errorf("start libvirtd on %s: %w", h.Name, err)
+	}
+	if opts.DaemonConf != "" {
+		if err := appendFile(filepath.Join(hostDir, "etc/libvirt/libvirtd.conf"), "\n"+opts.DaemonConf+"\n"); err != nil {
+			return nil, fmt.Errorf("start libvirtd on %s: %w", h.Name, err)
+		}
 	}
 	if opts.TLS != nil {
 		if err := opts.TLS(filepath.Join(hostDir, "etc/pki")); err != nil {
