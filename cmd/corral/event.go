@@ -19,7 +19,7 @@ func eventRow(t *table, e *pb.Event) {
 
 // eventWidths are the columns of a followed event list: rows come one at
 // a time, so they cannot be aligned on the widest cell like a table.
-var eventWidths = []int{7, 20, 18, 16, 16, 8}
+var eventWidths = []int{7, 20, 18, 16, 16, 9}
 
 // fixedRow pads each cell to its width (a longer cell pushes the rest, a
 // column without a width is not padded); empty cells show as "-".
