@@ -100,7 +100,7 @@ func benchRaft(ctx context.Context, b *bench) ([]figure, error) {
 		} else {
 			profDone <- nil
 		}
-		rate, errs, err := concurrentWrites(ctx, opts, dialer, cl.name, &seq)
+		rate, errs, err := concurrentWrites(ctx, opts, dialer, cl.name, &seq, raftClients)
 		if perr := <-profDone; perr != nil {
 			b.log.Warn("leader CPU profile", "err", perr)
 		}
@@ -130,6 +130,22 @@ func benchRaft(ctx context.Context, b *bench) ([]figure, error) {
 				fmt.Sprintf("leader metrics during the %d-client run: mean API handler / mean Raft commit (propose to apply); %.1f entries per FSM batch",
 					raftClients, perBatch)})
 		}
+
+		// The same 64 callers multiplexed on one connection, as the
+		// callers of one program share a client: gRPC batches their frames
+		// into fewer TLS records and syscalls.
+		meter = startCPU(pids)
+		rate1, errs1, err := concurrentWrites(ctx, opts, dialer, cl.name, &seq, 1)
+		if err != nil {
+			return figs, err
+		}
+		shared := cpuFigures(meter, leader, rate1*raftLoadDuration.Seconds())
+		cpuNote := ""
+		if len(shared) > 0 {
+			cpuNote = "; cpu per write (leader / followers / clients) " + shared[0].Value
+		}
+		figs = append(figs, figure{fmt.Sprintf("%d callers, 1 conn", raftClients), fmt.Sprintf("%.0f writes/s", rate1),
+			fmt.Sprintf("the same load over one shared connection (%d errors)%s", errs1, cpuNote)})
 
 		fsRate, fs50, fs99, err := fsyncFloor(filepath.Join(lab.Dir, "fsync-floor"))
 		if err != nil {
@@ -180,16 +196,17 @@ func write(ctx context.Context, c *client.Client, cluster string, n int64) error
 	return err
 }
 
-// concurrentWrites runs raftClients clients, each on its own connection,
-// for raftLoadDuration and returns the committed writes per second.
-func concurrentWrites(ctx context.Context, opts client.Options, dialer client.Option, cluster string, seq *atomic.Int64) (rate float64, errs int64, err error) {
-	clients := make([]*client.Client, 0, raftClients)
+// concurrentWrites runs raftClients callers over conns connections (each
+// its own when conns is raftClients) for raftLoadDuration and returns the
+// committed writes per second.
+func concurrentWrites(ctx context.Context, opts client.Options, dialer client.Option, cluster string, seq *atomic.Int64, conns int) (rate float64, errs int64, err error) {
+	clients := make([]*client.Client, 0, conns)
 	defer func() {
 		for _, c := range clients {
 			c.Close()
 		}
 	}()
-	for range raftClients {
+	for range conns {
 		c, err := client.Dial(ctx, opts, dialer)
 		if err != nil {
 			return 0, 0, fmt.Errorf("dial client %d: %w", len(clients), err)
@@ -202,7 +219,8 @@ func concurrentWrites(ctx context.Context, opts client.Options, dialer client.Op
 	var wg sync.WaitGroup
 	start := time.Now()
 	deadline := start.Add(raftLoadDuration)
-	for _, c := range clients {
+	for i := range raftClients {
+		c := clients[i%len(clients)]
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
