@@ -99,7 +99,8 @@ const (
 type vmMemo struct {
 	definedGen  int64
 	bootedGen   int64
-	rebootSeq   int64
+	rebootSeq   int64 // reboots attempted up to this sequence (not retried)
+	rebooted    int64 // reboots carried out up to this sequence (reported)
 	expectStop  bool
 	stopping    bool
 	lastReport  string

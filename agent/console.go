@@ -27,7 +27,7 @@ func (a *Agent) Console(ctx context.Context, clusterName, vm string, replay bool
 	if node != a.cfg.Node {
 		return errNotHere
 	}
-	f, err := os.Open(a.ConsoleLog(clusterName, vm))
+	f, err := openLog(ctx, a.ConsoleLog(clusterName, vm))
 	if err != nil {
 		return err
 	}
@@ -40,28 +40,45 @@ func (a *Agent) Console(ctx context.Context, clusterName, vm string, replay bool
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	if hv := a.conn(); hv != nil {
-		if c, err := hv.OpenConsole(ctx, DomainName(clusterName, vm)); err == nil {
-			defer c.Close()
+		open := func() io.ReadWriteCloser {
+			c, err := hv.OpenConsole(ctx, DomainName(clusterName, vm))
+			if err != nil {
+				a.log.Warn("console input unavailable", "vm", vm, "err", err)
+				return nil
+			}
 			go func() { _, _ = io.Copy(io.Discard, c) }()
-			go func() {
-				for {
-					select {
-					case b, ok := <-in:
-						if !ok {
-							cancel()
-							return
-						}
-						if _, err := c.Write(b); err != nil {
-							return
-						}
-					case <-ctx.Done():
-						return
-					}
+			return c
+		}
+		c := open()
+		go func() {
+			defer func() {
+				if c != nil {
+					c.Close()
 				}
 			}()
-		} else {
-			a.log.Warn("console input unavailable", "vm", vm, "err", err)
-		}
+			for {
+				select {
+				case b, ok := <-in:
+					if !ok {
+						cancel()
+						return
+					}
+					if c != nil {
+						if _, err := c.Write(b); err == nil {
+							continue
+						}
+						c.Close()
+					}
+					// The guest restarted (a cold boot is a new QEMU):
+					// attach to the new one for this input and the next.
+					if c = open(); c != nil {
+						_, _ = c.Write(b)
+					}
+				case <-ctx.Done():
+					return
+				}
+			}
+		}()
 	}
 	return follow(ctx, &f, a.ConsoleLog(clusterName, vm), out)
 }
@@ -112,6 +129,24 @@ func follow(ctx context.Context, fp **os.File, path string, out func([]byte) err
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// openLog opens a serial log, waiting a little for it to appear: between
+// a cold boot's reset of the log and the new QEMU creating it, the file
+// is briefly absent.
+func openLog(ctx context.Context, path string) (*os.File, error) {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		f, err := os.Open(path)
+		if err == nil || !errors.Is(err, os.ErrNotExist) || time.Now().After(deadline) {
+			return f, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
 		case <-time.After(50 * time.Millisecond):
 		}
 	}

@@ -22,9 +22,14 @@ func TestFollowAcrossRestarts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer func() { f.Close() }()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
+	done := make(chan error, 1)
+	// On any exit: stop follow, wait for it, then close what it holds.
+	defer func() {
+		cancel()
+		<-done
+		f.Close()
+	}()
 	var mu sync.Mutex
 	var got strings.Builder
 	seen := func(s string) bool {
@@ -32,7 +37,6 @@ func TestFollowAcrossRestarts(t *testing.T) {
 		defer mu.Unlock()
 		return strings.Contains(got.String(), s)
 	}
-	done := make(chan error, 1)
 	go func() {
 		done <- follow(ctx, &f, path, func(b []byte) error {
 			mu.Lock()
@@ -83,7 +87,9 @@ func TestFollowAcrossRestarts(t *testing.T) {
 	}
 	wait("boot 3 GUEST-READY")
 	cancel()
-	if err := <-done; err != nil {
+	err = <-done
+	done <- err // for the deferred wait
+	if err != nil {
 		t.Fatal(err)
 	}
 }

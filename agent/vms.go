@@ -238,7 +238,11 @@ func (a *Agent) reconcileVM(ctx context.Context, g *cluster.Group, hv Hypervisor
 		}
 	}
 	if memo.rebootSeq < 0 {
-		memo.rebootSeq = v.RebootSeq
+		// A new memo (agent restart, migration target) carries on from
+		// what the cluster says was carried out: a reboot asked and not
+		// done yet is done now.
+		memo.rebootSeq = v.Status.GetObservedRebootSeq()
+		memo.rebooted = memo.rebootSeq
 	}
 
 	a.mu.Lock()
@@ -273,7 +277,7 @@ func (a *Agent) reconcileVM(ctx context.Context, g *cluster.Group, hv Hypervisor
 		}
 		memo.lastFailure = ""
 		memo.bootedGen = memo.definedGen
-		memo.rebootSeq = v.RebootSeq
+		memo.rebootSeq, memo.rebooted = v.RebootSeq, v.RebootSeq // a fresh boot answers any reboot asked
 		d.State = hypervisor.StateRunning
 		a.report(ctx, g, v, pb.VMState_VM_STATE_RUNNING, "", d, false)
 	case actStop:
@@ -297,7 +301,7 @@ func (a *Agent) reconcileVM(ctx context.Context, g *cluster.Group, hv Hypervisor
 			a.Kick()
 		}()
 	case actReboot, actColdReboot:
-		memo.rebootSeq = v.RebootSeq
+		memo.rebootSeq = v.RebootSeq // attempted: a failure is reported, not retried each pass
 		var err error
 		if act == actColdReboot {
 			// A changed config applies at the next boot. The stop is ours
@@ -306,13 +310,18 @@ func (a *Agent) reconcileVM(ctx context.Context, g *cluster.Group, hv Hypervisor
 			a.mu.Lock()
 			memo.expectStop = true
 			a.mu.Unlock()
+			down := false
 			if err = hv.Destroy(cctx, name); err == nil {
+				down = true
 				a.newConsole(g.Name, v.Name)
-				if err = hv.Start(cctx, name); err == nil {
-					a.mu.Lock()
-					memo.expectStop = false
-					a.mu.Unlock()
-				}
+				err = hv.Start(cctx, name)
+			}
+			// The stop stays expected only while the guest is down after
+			// a failed start; a failed destroy left it running.
+			if err == nil || !down {
+				a.mu.Lock()
+				memo.expectStop = false
+				a.mu.Unlock()
 			}
 			memo.bootedGen = v.Generation
 		} else {
@@ -322,6 +331,7 @@ func (a *Agent) reconcileVM(ctx context.Context, g *cluster.Group, hv Hypervisor
 			a.report(ctx, g, v, pb.VMState_VM_STATE_ERROR, "reboot: "+err.Error(), d, false)
 			return
 		}
+		memo.rebooted = v.RebootSeq
 		a.report(ctx, g, v, pb.VMState_VM_STATE_RUNNING, "rebooted", d, true)
 	case actReport:
 		state := pb.VMState_VM_STATE_STOPPED
@@ -343,7 +353,7 @@ func (a *Agent) reconcileVM(ctx context.Context, g *cluster.Group, hv Hypervisor
 func (a *Agent) report(ctx context.Context, g *cluster.Group, v *pb.VM, st pb.VMState, reason string, d hypervisor.Domain, force bool) {
 	memo := a.memo(g.Name, v.Name)
 	status := &pb.VMStatus{State: st, Reason: reason, Node: a.cfg.Node, ObservedGeneration: v.Generation,
-		ObservedRebootSeq: max(memo.rebootSeq, 0)}
+		ObservedRebootSeq: max(memo.rebooted, 0)}
 	key := status.String()
 	cur := v.Status
 	// A running guest's usage (vCPU time, memory) is refreshed every
@@ -380,7 +390,11 @@ func (a *Agent) report(ctx context.Context, g *cluster.Group, v *pb.VM, st pb.VM
 // previous instance, and a reader waiting for a line would match a stale
 // one. QEMU appends, so truncating is safe; migration keeps the log.
 func (a *Agent) newConsole(cluster, vm string) {
-	if err := os.Truncate(a.ConsoleLog(cluster, vm), 0); err != nil && !errors.Is(err, os.ErrNotExist) {
-		a.log.Warn("truncate console log", "cluster", cluster, "vm", vm, "err", err)
+	// Removed, not truncated: no QEMU holds it (the guest is down), the new
+	// one creates it, and a client following the old file sees for sure
+	// that it was replaced (a truncation can go unnoticed once the new
+	// boot wrote past the client's offset).
+	if err := os.Remove(a.ConsoleLog(cluster, vm)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		a.log.Warn("reset console log", "cluster", cluster, "vm", vm, "err", err)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -294,7 +295,11 @@ func (s *Server) power(ctx context.Context, cluster, name string, cmd *pb.VMPowe
 		out = v
 		if cmd.Reboot {
 			// The agent reports the reboot sequence it carried out (a
-			// start counts): a status refresh before that is no answer.
+			// start counts): a status refresh before that is no answer,
+			// a failure is.
+			if v.Status.GetState() == pb.VMState_VM_STATE_ERROR && strings.HasPrefix(v.Status.GetReason(), "reboot") {
+				return false, errdefs.Precondition("vm %q failed to reboot on %s: %s", name, v.Node, v.Status.Reason)
+			}
 			return v.Status.GetState() == pb.VMState_VM_STATE_RUNNING && v.Status.GetObservedRebootSeq() >= v.RebootSeq, nil
 		}
 		if v.Status.GetState() == pb.VMState_VM_STATE_ERROR && want == pb.VMState_VM_STATE_RUNNING {

@@ -92,8 +92,10 @@ func TestLibvirtTLSWrite(t *testing.T) {
 	if changed, err := l.Write(creds, devCreds.CACertPEM); err != nil || !changed {
 		t.Errorf("Write over a file with the wrong mode = %v, %v; want changed", changed, err)
 	}
-	if fi, err := os.Stat(bundlePath); err != nil || fi.Mode().Perm() != 0o644 {
-		t.Errorf("CA bundle mode after Write: %v %v, want 0644", fi.Mode().Perm(), err)
+	if fi, err := os.Stat(bundlePath); err != nil {
+		t.Error(err)
+	} else if fi.Mode().Perm() != 0o644 {
+		t.Errorf("CA bundle mode after Write: %v, want 0644", fi.Mode().Perm())
 	}
 	// A renewed certificate is written.
 	renewed, err := prod.NewCreds(RoleNode, "atlantis", []net.IP{net.ParseIP("10.0.0.1")}, now, 2*time.Hour)

@@ -446,7 +446,7 @@ func (s *Store) fsmIndexAt(ctx context.Context, commit uint64) (uint64, error) {
 			if errors.Is(err, raft.ErrLogNotFound) {
 				break // compacted into a snapshot: applied already
 			}
-			return 0, fmt.Errorf("read index: log entry %d: %w", i, err)
+			return 0, errdefs.Unavailable("read index: log entry %d: %v", i, err)
 		}
 		if l.Type == raft.LogCommand || l.Type == raft.LogConfiguration {
 			return i, nil

@@ -897,6 +897,8 @@ func TestStoreReadIndex(t *testing.T) {
 	release := make(chan struct{})
 	hold := func() { <-release }
 	l = c.leader(10 * time.Second)
+	releaseOnce := sync.OnceFunc(func() { l.fsm.beforeBatch.Store(nil); close(release) })
+	t.Cleanup(releaseOnce) // a failure below must not leave raft's FSM blocked
 	if _, err := l.ReadIndex(ctx); err != nil { // this term's barrier, before holding the FSM
 		t.Fatal(err)
 	}
@@ -910,7 +912,7 @@ func TestStoreReadIndex(t *testing.T) {
 	for l.Raft().CommitIndex() <= before {
 		select {
 		case err := <-wrote:
-			t.Fatalf("write returned before its FSM batch ran: %v", err)
+			t.Fatalf("write returned before it committed (leader change?): %v", err)
 		case <-ctx.Done():
 			t.Fatal("write never committed")
 		case <-time.After(5 * time.Millisecond):
@@ -926,8 +928,7 @@ func TestStoreReadIndex(t *testing.T) {
 		got <- ri
 	}()
 	time.Sleep(100 * time.Millisecond) // let a wrong ReadIndex answer early
-	l.fsm.beforeBatch.Store(nil)
-	close(release)
+	releaseOnce()
 	if ri := <-got; ri < committed {
 		t.Errorf("ReadIndex = %d with entry %d committed but not applied: a reader would miss it", ri, committed)
 	}

@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -100,6 +101,9 @@ func run() error {
 		} else {
 			defer conv.Close()
 			nets = conv
+		}
+		if strings.HasPrefix(*migrateURI, "qemu+tls://") && *libvirtPKI == "" {
+			log.Warn("live migration: libvirt connection over TLS with certificates managed by hand; QEMU's migration stream is not encrypted (set --libvirt-pki-dir /etc/pki to let corrald lay out the cluster's certificates and encrypt it)")
 		}
 		ag := agent.New(agent.Config{
 			Node: *name, DataDir: *dataDir, ConsoleDir: *consoleDir, Logger: log, Networks: nets,
