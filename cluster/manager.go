@@ -68,6 +68,13 @@ type Group struct {
 	leaderAt       time.Time            // when this node last became leader
 	fencedByLeader bool
 	prunedAt       time.Time // owned by Run
+	// As a follower: the leader and when it last contacted this node
+	// (Raft's own last contact), kept at each tick. On becoming leader
+	// they say since when the previous leader has been silent.
+	followedLeader    string
+	followedContact   time.Time
+	prevLeader        string
+	prevLeaderContact time.Time
 }
 
 // member is the small file that says how to reopen a group at start.

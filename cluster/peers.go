@@ -122,6 +122,15 @@ func (g *Group) LastHeartbeat(node string) (time.Time, bool) {
 	return t, ok
 }
 
+// PreviousLeader returns, on a leader, the node that led before it (as
+// this node followed it) and when that leader last contacted this node;
+// "" when unknown.
+func (g *Group) PreviousLeader() (string, time.Time) {
+	g.hbMu.Lock()
+	defer g.hbMu.Unlock()
+	return g.prevLeader, g.prevLeaderContact
+}
+
 // LeaderSince returns when this node last became leader (zero if not).
 func (g *Group) LeaderSince() time.Time {
 	g.hbMu.Lock()
@@ -147,10 +156,16 @@ func (m *Manager) Run(ctx context.Context) {
 			switch {
 			case isLeader && terms[g.Name] != term:
 				// A new leadership (also a step-down and re-election
-				// between two ticks): count silence from now.
+				// between two ticks): count silence from now, except for
+				// the leader this node followed until then, silent since
+				// its last contact (its loss is usually why we lead).
 				g.hbMu.Lock()
 				g.leaderAt = time.Now()
 				g.heartbeats = map[string]time.Time{}
+				g.prevLeader, g.prevLeaderContact = "", time.Time{}
+				if g.followedLeader != m.cfg.NodeName {
+					g.prevLeader, g.prevLeaderContact = g.followedLeader, g.followedContact
+				}
 				g.hbMu.Unlock()
 				terms[g.Name] = term
 			case !isLeader && terms[g.Name] != 0:
@@ -158,6 +173,13 @@ func (m *Manager) Run(ctx context.Context) {
 				g.leaderAt = time.Time{}
 				g.hbMu.Unlock()
 				terms[g.Name] = 0
+			}
+			if !isLeader {
+				if _, id := g.Store.Raft().LeaderWithID(); id != "" {
+					g.hbMu.Lock()
+					g.followedLeader, g.followedContact = string(id), g.Store.Raft().LastContact()
+					g.hbMu.Unlock()
+				}
 			}
 			if isLeader {
 				g.RecordHeartbeat(m.cfg.NodeName, time.Now())

@@ -75,6 +75,9 @@ type fakeGroup struct {
 	leader      bool
 	term        uint64
 	leaderSince time.Time
+	// prevLeader led before this node; prevContact is its last contact.
+	prevLeader  string
+	prevContact time.Time
 	heartbeats  map[string]time.Time
 	st          *raftstore.State
 	index       uint64
@@ -96,6 +99,7 @@ func (g *fakeGroup) SealKey() []byte                          { return []byte("s
 func (g *fakeGroup) IsLeader() bool                           { return g.leader }
 func (g *fakeGroup) Term() uint64                             { return g.term }
 func (g *fakeGroup) LeaderSince() time.Time                   { return g.leaderSince }
+func (g *fakeGroup) PreviousLeader() (string, time.Time)      { return g.prevLeader, g.prevContact }
 func (g *fakeGroup) Read(fn func(*raftstore.State))           { fn(g.st) }
 func (g *fakeGroup) LastHeartbeat(n string) (time.Time, bool) { t, ok := g.heartbeats[n]; return t, ok }
 func (g *fakeGroup) Barrier(context.Context) error            { return g.barrier() }

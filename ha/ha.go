@@ -45,6 +45,9 @@ type group interface {
 	IsLeader() bool
 	Term() uint64 // the current Raft term
 	LeaderSince() time.Time
+	// PreviousLeader is the leader this node followed before it led, and
+	// that leader's last contact with it.
+	PreviousLeader() (string, time.Time)
 	LastHeartbeat(node string) (time.Time, bool)
 	Read(fn func(*raftstore.State))
 	Barrier(ctx context.Context) error
@@ -54,14 +57,15 @@ type group interface {
 // clusterGroup adapts a *cluster.Group to group.
 type clusterGroup struct{ g *cluster.Group }
 
-func (c clusterGroup) Name() string                      { return c.g.Name }
-func (c clusterGroup) Witness() bool                     { return c.g.Role == pb.NodeRole_NODE_ROLE_WITNESS }
-func (c clusterGroup) SealKey() []byte                   { return c.g.SealKey }
-func (c clusterGroup) IsLeader() bool                    { return c.g.Store.IsLeader() }
-func (c clusterGroup) Term() uint64                      { return c.g.Store.Raft().CurrentTerm() }
-func (c clusterGroup) LeaderSince() time.Time            { return c.g.LeaderSince() }
-func (c clusterGroup) Read(fn func(*raftstore.State))    { c.g.Store.Read(fn) }
-func (c clusterGroup) Barrier(ctx context.Context) error { return c.g.Store.Barrier(ctx) }
+func (c clusterGroup) Name() string                        { return c.g.Name }
+func (c clusterGroup) Witness() bool                       { return c.g.Role == pb.NodeRole_NODE_ROLE_WITNESS }
+func (c clusterGroup) SealKey() []byte                     { return c.g.SealKey }
+func (c clusterGroup) IsLeader() bool                      { return c.g.Store.IsLeader() }
+func (c clusterGroup) Term() uint64                        { return c.g.Store.Raft().CurrentTerm() }
+func (c clusterGroup) LeaderSince() time.Time              { return c.g.LeaderSince() }
+func (c clusterGroup) PreviousLeader() (string, time.Time) { return c.g.PreviousLeader() }
+func (c clusterGroup) Read(fn func(*raftstore.State))      { c.g.Store.Read(fn) }
+func (c clusterGroup) Barrier(ctx context.Context) error   { return c.g.Store.Barrier(ctx) }
 func (c clusterGroup) LastHeartbeat(node string) (time.Time, bool) {
 	return c.g.LastHeartbeat(node)
 }
@@ -156,14 +160,23 @@ func (h *HA) check(ctx context.Context, g group) {
 	suspectAfter := time.Duration(settings.SuspectAfterMs) * time.Millisecond
 	downAfter := time.Duration(settings.DownAfterMs) * time.Millisecond
 	var silentNodes []string // suspect or down: no place to restart a VM
+	prev, prevContact := g.PreviousLeader()
 	for _, n := range st.SortedNodes() {
 		if n.Name == h.self {
 			continue
 		}
 		last, ok := g.LastHeartbeat(n.Name)
 		if !ok || last.Before(since) {
-			// Count silence from when this node became leader.
+			// Count silence from when this node became leader: it has no
+			// heartbeats from before. The previous leader is the
+			// exception: this node heard from it last at prevContact, and
+			// its crash is what made this election (a lost leader's VMs
+			// would otherwise wait an election and a full suspect delay
+			// longer than any other node's).
 			last = since
+			if n.Name == prev && !prevContact.IsZero() && prevContact.Before(since) {
+				last = prevContact
+			}
 		}
 		silent := now.Sub(last)
 		if silent >= suspectAfter {

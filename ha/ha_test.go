@@ -805,3 +805,52 @@ func TestSplitGroup(t *testing.T) {
 		}
 	}
 }
+
+// TestPreviousLeaderSilence: in a new leadership, the node this one
+// followed until the election is silent since its last contact, not since
+// the election, so a crashed leader's VMs do not wait an election plus a
+// full suspect delay longer than another node's. Other nodes still get
+// the full delay from the start of the leadership.
+func TestPreviousLeaderSilence(t *testing.T) {
+	f := newFixture(t, mkState(nodes(mkNode(self), mkNode("old"), mkNode("n3"))))
+	if got := f.tick(); len(got) != 0 {
+		t.Fatalf("first tick: %q", got)
+	}
+	// "old" led and crashed at t0+10s; this node won the election 2 s
+	// later. Nobody has heartbeated to it yet.
+	crash := t0.Add(10 * time.Second)
+	f.g.term++
+	f.g.prevLeader, f.g.prevContact = "old", crash
+	f.g.heartbeats = map[string]time.Time{}
+	at := func(d time.Duration, heartbeats ...string) []string {
+		f.now = crash.Add(d)
+		for _, n := range heartbeats {
+			f.g.heartbeats[n] = f.now
+		}
+		return f.tick()
+	}
+	if got := at(2 * time.Second); len(got) != 0 {
+		t.Fatalf("at the election: %q", got)
+	}
+	if got, want := at(3*time.Second, "n3"), []string{"health old suspect"}; !slices.Equal(got, want) {
+		t.Errorf("3 s after the old leader's last contact: %q, want %q", got, want)
+	}
+	if got := at(5*time.Second, "n3"); !slices.Contains(got, "health old down") || slices.Contains(got, "health n3 suspect") {
+		t.Errorf("5 s after the old leader's last contact: %q, want old down, n3 fine", got)
+	}
+
+	// A node that was not the previous leader and never heartbeated to
+	// this one still gets the full delay from the start of the leadership.
+	g := newFixture(t, mkState(nodes(mkNode(self), mkNode("old"), mkNode("n3"))))
+	g.tick()
+	g.g.term++
+	g.g.prevLeader, g.g.prevContact = "old", crash
+	g.g.heartbeats = map[string]time.Time{"old": crash.Add(2 * time.Second)}
+	g.now = crash.Add(2 * time.Second)
+	g.tick()
+	g.now = crash.Add(4 * time.Second)
+	g.g.heartbeats["old"] = g.now
+	if got := g.tick(); len(got) != 0 {
+		t.Errorf("n3 2 s into the leadership, old heartbeating again: %q, want nothing", got)
+	}
+}
