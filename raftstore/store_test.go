@@ -898,7 +898,8 @@ func TestStoreReadIndex(t *testing.T) {
 	hold := func() { <-release }
 	l = c.leader(10 * time.Second)
 	releaseOnce := sync.OnceFunc(func() { l.fsm.beforeBatch.Store(nil); close(release) })
-	t.Cleanup(releaseOnce) // a failure below must not leave raft's FSM blocked
+	// A failure below must not leave raft's FSM blocked.
+	t.Cleanup(releaseOnce)
 	if _, err := l.ReadIndex(ctx); err != nil { // this term's barrier, before holding the FSM
 		t.Fatal(err)
 	}
