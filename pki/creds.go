@@ -42,29 +42,8 @@ func (c Creds) Save(dir string) error {
 	return nil
 }
 
-func writeFileAtomic(path string, data []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name()) // no-op once renamed
-	if err := tmp.Chmod(0o600); err != nil {
-		tmp.Close()
-		return err
-	}
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
-}
+// writeFileAtomic replaces path by a file holding data, mode 0600.
+func writeFileAtomic(path string, data []byte) error { return writeFileMode(path, data, 0o600, -1) }
 
 // LoadCreds reads credentials saved by Save; the cluster name comes from
 // the certificate's identity. The credentials are validated (see Validate)
