@@ -221,7 +221,6 @@ func (a *Agent) connectLoop(ctx context.Context) {
 		a.hv = hv
 		a.mu.Unlock()
 		a.log.Info("connected to libvirt")
-		a.syncLibvirtTLS()
 		a.reportInventory(ctx, hv)
 		a.Kick()
 		inv := time.NewTicker(DefaultInventoryEvery)

@@ -84,11 +84,11 @@ func (a *Agent) Console(ctx context.Context, clusterName, vm string, replay bool
 }
 
 // follow copies *fp (opened on path) to out as it grows, like tail -f,
-// until ctx ends. A cold boot truncates the serial log (its history
-// restarts with the new boot) and the log may be recreated: both are
-// followed from their start, so a client attached across a restart sees
-// the new boot. *fp is replaced when the log is reopened; the caller
-// closes it.
+// until ctx ends. A cold boot replaces the serial log (newConsole: its
+// history restarts with the new boot); a replaced or truncated log is
+// followed from its start, so a client attached across a restart sees the
+// new boot. *fp is replaced when the log is reopened; the caller closes
+// it.
 func follow(ctx context.Context, fp **os.File, path string, out func([]byte) error) error {
 	f := *fp
 	off, err := f.Seek(0, io.SeekCurrent)
