@@ -10,7 +10,7 @@ PROTOC_GEN_GO_VERSION  := v1.36.12
 PROTOC_GEN_GRPC_VERSION := v1.6.0
 TEST_TIMEOUT ?= 25m
 
-.PHONY: all deps build test unit vet lint proto demo demo-stop bench clean
+.PHONY: all deps build test unit vet fmt lint proto demo demo-stop bench clean
 
 all: build
 
@@ -24,9 +24,13 @@ build: deps
 vet:
 	$(GO) vet ./...
 
+# Fails listing the files gofmt would change.
+fmt:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+
 # Every test, unit and real-component (libvirtd, Ceph, OVS in network
 # namespaces), packages in parallel on this machine's cores.
-test: deps
+test: deps fmt
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
 
